@@ -48,6 +48,15 @@ _KEYS: dict[str, tuple[str, str, Any]] = {
     "georeference.tms.processes": ("tms_processes", "int", 2),
     # A warp whose output would exceed this many pixels on a side is rejected as bad GCPs.
     "georeference.warp.max_size": ("warp_max_size", "int", 50000),
+    # A claimed job's lease, in seconds: a runner renews it while it works, and a job whose
+    # lease ran out (its runner died) is claimed again.
+    "georeference.job.lease_seconds": ("lease_seconds", "float", 60.0),
+    # Claims after which a job whose runners keep dying is marked failed instead.
+    "georeference.job.max_attempts": ("max_attempts", "int", 3),
+    # Seconds a job may run before it is stopped and marked failed.
+    "georeference.job.time_limit": ("time_limit", "float", 3600.0),
+    # Longest wait, in seconds, before a job that hit a transient error is tried again.
+    "georeference.job.retry_backoff_max": ("retry_backoff_max", "float", 300.0),
     # GDAL block cache for warping and tiling, in megabytes.
     "georeference.gdal.cache_mb": ("gdal_cache_mb", "int", 256),
 }
@@ -81,6 +90,10 @@ class Settings:
     tms_layout: str
     tms_processes: int
     warp_max_size: int
+    lease_seconds: float
+    max_attempts: int
+    time_limit: float
+    retry_backoff_max: float
     gdal_cache_mb: int
 
     def replace(self, **changes: Any) -> "Settings":
@@ -134,6 +147,10 @@ def _check_choices(values: Mapping[str, Any]) -> None:
             f"(expected one of {', '.join(TILE_LAYOUTS)})")
     if values["sleep_time"] <= 0:
         raise ConfigurationError("invalid value for georeference.daemon.sleep_time: must be > 0")
+    if values["lease_seconds"] < 5:
+        raise ConfigurationError("invalid value for georeference.job.lease_seconds: must be >= 5")
+    if values["max_attempts"] < 1:
+        raise ConfigurationError("invalid value for georeference.job.max_attempts: must be >= 1")
     if values["tms_processes"] < 1:
         raise ConfigurationError("invalid value for georeference.tms.processes: must be >= 1")
     if not values["database_url"]:

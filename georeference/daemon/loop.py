@@ -1,0 +1,385 @@
+"""The job loop: wait for jobs, claim one, run its handler, record the outcome in one place.
+
+Outcomes:
+- completed: the handler returned; products are installed and the job's database changes
+  commit together with its ``completed`` state and history row.
+- failed: bad input or a failed step; the job's own changes are rolled back, staged products
+  dropped, and the message stored as the job's comment. Not retried.
+- released: a transient error (database or index unreachable); the job goes back to the
+  queue and is claimed again after a growing delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, func, select as sql_select
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from georeference.database import is_postgresql
+from georeference.daemon.store import ClaimedJob, JobStore, runner_identity
+from georeference.errors import (GeoreferenceError, JobInputError, ProcessingError,
+                                 StorageError)
+from georeference.jobs import get_handler
+from georeference.jobs.context import JobContext, JobLogger, parse_description
+from georeference.models import Job
+from georeference.publish.products import StagedProducts
+from georeference.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "georeference_jobs"
+
+# First delay, in seconds, before a job that hit a transient error is tried again; it
+# doubles with every further attempt up to the configured maximum.
+RETRY_BACKOFF_START = 5.0
+
+# Longest pause, in seconds, between two renewals of a job's lease.
+HEARTBEAT_MAX_INTERVAL = 10.0
+
+
+class JobTimeoutError(ProcessingError):
+    """Raised when a job runs past the configured time limit."""
+
+
+@dataclass
+class RunSummary:
+    """What one pass over the queue did."""
+
+    completed: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+
+
+class _Wakeup:
+    """A pipe that signal handlers and notifications write to, to end a wait early."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.write_fd, b"x")
+        except BlockingIOError:
+            pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+class JobLoop:
+    """Polls the jobs table and runs each job through its handler."""
+
+    def __init__(self, settings: Settings, engine: Engine, search_index: Any = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.runner_id, host, pid = runner_identity()
+        self.store = JobStore(engine, self.runner_id, host, pid, settings.lease_seconds)
+        self.search_index = search_index
+        self.stopping = False
+        self.current_job: int | None = None
+        self._wakeup = _Wakeup()
+        self._listen_connection: Any = None
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def request_stop(self, *_args: object) -> None:
+        """Let the current job finish, then leave the loop (the SIGTERM handler)."""
+        self.stopping = True
+        self._wakeup.wake()
+
+    def install_signal_handlers(self) -> None:
+        """Stop after the current job on SIGTERM and SIGINT."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Process jobs until asked to stop; database outages are logged and waited out."""
+        logger.info("runner %s started, polling every %.1f s", self.runner_id,
+                    self.settings.sleep_time, extra={"action": "runner_start"})
+        failures = 0
+        registered = False
+        while not self.stopping:
+            try:
+                if not registered:
+                    self.store.register()
+                    self._recover_on_sqlite()
+                    registered = True
+                self.run_pending()
+                failures = 0
+                delay = self.settings.sleep_time
+            except (SQLAlchemyError, StorageError) as exc:
+                failures += 1
+                delay = min(self.settings.sleep_time * 2 ** min(failures, 6),
+                            self.settings.retry_backoff_max)
+                logger.warning("database unreachable (%s); next try in %.0f s",
+                               _first_line(exc), delay, extra={"action": "poll_failed"})
+                self._close_listener()
+            if not self.stopping:
+                self._wait(delay)
+        self._shutdown()
+
+    def run_pending(self) -> RunSummary:
+        """Claim and run jobs until none is claimable or a stop is requested."""
+        summary = RunSummary()
+        self.store.resolve_map_ids()
+        for job_id in self.store.fail_exhausted(self.settings.max_attempts):
+            logger.error("job=%d failed: its runner died %d times", job_id,
+                         self.settings.max_attempts, extra={"action": "job_exhausted",
+                                                            "job_id": job_id})
+            summary.failed.append(job_id)
+        self._flush_search_outbox()
+        self.store.heartbeat(None)
+
+        while not self.stopping:
+            claimed = self.store.claim_next()
+            if claimed is None:
+                break
+            outcome = self.process(claimed)
+            getattr(summary, outcome).append(claimed.id)
+        return summary
+
+    def _recover_on_sqlite(self) -> None:
+        if is_postgresql(self.engine):
+            return
+        count = self.store.recover_all_running()
+        if count:
+            logger.warning("%d job(s) left running by a stopped runner return to the queue",
+                           count, extra={"action": "recover"})
+
+    # -- one job ----------------------------------------------------------------------------
+
+    def process(self, claimed: ClaimedJob) -> str:
+        """Run one claimed job and record its outcome; return completed, failed or released."""
+        job_logger = JobLogger(logger, {"job_id": claimed.id, "map_id": claimed.raw_map_id or None})
+        job_logger.info("started %s (attempt %d)", claimed.type, claimed.attempts,
+                        extra={"action": "job_start"})
+        started = time.monotonic()
+        self.current_job = claimed.id
+        heartbeat = self._start_heartbeat(claimed.id)
+        try:
+            outcome, message = self._run_handler(claimed, job_logger, started)
+        finally:
+            heartbeat.set()
+            self.current_job = None
+
+        seconds = time.monotonic() - started
+        if outcome == "completed":
+            job_logger.info("completed in %.1f s", seconds, extra={"action": "job_done"})
+        elif outcome == "failed":
+            job_logger.error("failed after %.1f s: %s", seconds, message,
+                             extra={"action": "job_failed"})
+        else:
+            job_logger.warning("released after %.1f s: %s", seconds, message,
+                               extra={"action": "job_released"})
+        return outcome
+
+    def _new_context(self, claimed: ClaimedJob, job_logger: JobLogger, session: Any,
+                     started: float) -> JobContext:
+        os.makedirs(self.settings.tmp_root, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f"job-{claimed.id}-", dir=self.settings.tmp_root)
+        limit = self.settings.time_limit
+        return JobContext(
+            job_id=claimed.id, job_type=claimed.type, description={}, session=session,
+            settings=self.settings, logger=job_logger, products=StagedProducts(staging),
+            search_index=self.search_index,
+            should_stop=lambda: time.monotonic() - started > limit, started=started)
+
+    def _run_handler(self, claimed: ClaimedJob, job_logger: JobLogger,
+                     started: float) -> tuple[str, str | None]:
+        session = self.store.sessions()
+        ctx = self._new_context(claimed, job_logger, session, started)
+        try:
+            ctx.description = parse_description(claimed.description)
+            handler = get_handler(claimed.type)
+            handler(ctx)
+            if ctx.should_stop():
+                raise JobTimeoutError("job", self._time_limit_message())
+            self._commit(ctx, claimed)
+            return "completed", None
+        except (StorageError, OperationalError, DBAPIError) as exc:
+            session.rollback()
+            ctx.products.discard()
+            return "released", self._release(claimed, exc)
+        except (JobInputError, ProcessingError, GeoreferenceError) as exc:
+            session.rollback()
+            ctx.products.discard()
+            message = self._time_limit_message() if ctx.should_stop() else str(exc)
+            self._fail(claimed, message, ctx)
+            return "failed", message
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the loop
+            session.rollback()
+            ctx.products.discard()
+            job_logger.exception("unexpected error", extra={"action": "job_error"})
+            message = f"unexpected error: {type(exc).__name__}: {exc}"
+            if ctx.should_stop():
+                message = self._time_limit_message()
+            self._fail(claimed, message, ctx)
+            return "failed", message
+        finally:
+            session.close()
+
+    def _time_limit_message(self) -> str:
+        return (f"stopped: the job ran past its time limit of {self.settings.time_limit:g} s "
+                "(georeference.job.time_limit)")
+
+    def _commit(self, ctx: JobContext, claimed: ClaimedJob) -> None:
+        comment = "; ".join(ctx.notes) or None
+        ctx.session.flush()
+        if not self.store.finish(ctx.session, claimed.id, "completed", comment):
+            raise StorageError(f"job {claimed.id} was taken over by another runner")
+        ctx.products.install()
+        try:
+            ctx.session.commit()
+        except BaseException:
+            ctx.products.restore()
+            raise
+        ctx.products.finish()
+
+    def _fail(self, claimed: ClaimedJob, message: str, ctx: JobContext) -> None:
+        comment = "; ".join([message] + ctx.notes)
+        with self.store.sessions.begin() as session:
+            self.store.finish(session, claimed.id, "failed", comment)
+
+    def _release(self, claimed: ClaimedJob, exc: BaseException) -> str:
+        delay = min(RETRY_BACKOFF_START * 2 ** max(claimed.attempts - 1, 0),
+                    self.settings.retry_backoff_max)
+        reason = f"transient error, retry in {delay:.0f} s: {_first_line(exc)}"
+        try:
+            self.store.release(claimed.id, delay, reason)
+        except SQLAlchemyError as release_exc:
+            logger.warning("job=%d cannot be released (%s); it is retried when its lease "
+                           "expires", claimed.id, _first_line(release_exc),
+                           extra={"action": "release_failed", "job_id": claimed.id})
+        return reason
+
+    def _start_heartbeat(self, job_id: int) -> threading.Event:
+        """Renew the job's lease in a thread until the returned event is set.
+
+        SQLite runs one runner at a time and its job transaction holds the write lock, so
+        there the lease is not renewed; a stopped runner's jobs are recovered at start-up.
+        """
+        done = threading.Event()
+        if not is_postgresql(self.engine):
+            return done
+        interval = min(self.settings.lease_seconds / 4, HEARTBEAT_MAX_INTERVAL)
+
+        def renew() -> None:
+            while not done.wait(interval):
+                try:
+                    if not self.store.renew_lease(job_id):
+                        logger.error("job=%d lease lost to another runner", job_id,
+                                     extra={"action": "lease_lost", "job_id": job_id})
+                        return
+                    self.store.heartbeat(job_id)
+                except SQLAlchemyError as exc:
+                    logger.warning("job=%d lease renewal failed: %s", job_id, _first_line(exc),
+                                   extra={"action": "lease_renewal_failed", "job_id": job_id})
+
+        threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True).start()
+        return done
+
+    # -- search index outbox ----------------------------------------------------------------
+
+    def _flush_search_outbox(self) -> None:
+        if self.search_index is None:
+            return
+        from georeference.publish.search import flush_outbox
+
+        with self.store.sessions.begin() as session:
+            sent, waiting = flush_outbox(session, self.settings, self.search_index)
+        if sent or waiting:
+            logger.info("search index outbox: %d sent, %d still waiting", sent, waiting,
+                        extra={"action": "outbox"})
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds; a new job (PostgreSQL NOTIFY) or a stop ends it."""
+        watched = [self._wakeup.read_fd]
+        listener = self._listener()
+        if listener is not None:
+            watched.append(listener)
+        try:
+            readable, _, _ = select.select(watched, [], [], timeout)
+        except InterruptedError:
+            readable = []
+        if listener is not None and listener in readable:
+            try:
+                listener.poll()
+                listener.notifies.clear()
+            except Exception as exc:  # noqa: BLE001 - any driver error: reconnect next time
+                logger.warning("lost the job notification connection: %s", _first_line(exc),
+                               extra={"action": "listen_failed"})
+                self._close_listener()
+        self._wakeup.drain()
+
+    def _listener(self) -> Any:
+        if not is_postgresql(self.engine):
+            return None
+        if self._listen_connection is not None:
+            return self._listen_connection
+        import psycopg2
+
+        try:
+            arguments = self.engine.url.translate_connect_args(
+                username="user", database="dbname")
+            connection = psycopg2.connect(connect_timeout=10, **arguments)
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg2.Error as exc:
+            logger.warning("cannot listen for new jobs (%s); polling only", _first_line(exc),
+                           extra={"action": "listen_failed"})
+            return None
+        self._listen_connection = connection
+        return connection
+
+    def _close_listener(self) -> None:
+        if self._listen_connection is not None:
+            try:
+                self._listen_connection.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                pass
+            self._listen_connection = None
+
+    def _shutdown(self) -> None:
+        self._close_listener()
+        try:
+            self.store.unregister()
+        except SQLAlchemyError as exc:
+            logger.warning("cannot unregister runner: %s", _first_line(exc))
+        logger.info("runner %s stopped", self.runner_id, extra={"action": "runner_stop"})
+
+
+def count_jobs(engine: Engine) -> dict[str, int]:
+    """Return the number of jobs per state."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sql_select(Job.state, func.count()).group_by(Job.state)).all()
+    return {state: count for state, count in rows}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

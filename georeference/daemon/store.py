@@ -1,0 +1,209 @@
+"""The runner's database operations on the job queue: resolve, claim, renew, finish.
+
+A job is claimed in a short transaction of its own and marked ``running`` with the runner's
+identity and a lease. On PostgreSQL the claim takes the row with ``FOR UPDATE SKIP LOCKED``,
+so several runners never take the same job. Jobs of one raw map run one at a time and in
+submission order: a job is only claimable when no older unfinished job of its map exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from georeference.database import is_postgresql
+from georeference.models import Job, JobHistory, Runner, Transformation, utcnow
+
+logger = logging.getLogger(__name__)
+
+# Jobs whose map is resolved per round; the rest wait for the next round.
+RESOLVE_BATCH = 500
+
+# Map key for jobs that concern no single map (initialize_data, unreadable descriptions).
+NO_MAP = 0
+
+_CLAIM_CANDIDATE = """
+SELECT j.id FROM jobs j
+WHERE j.raw_map_id IS NOT NULL
+  AND ((j.state = 'not_started' AND (j.lease_expires IS NULL OR j.lease_expires <= :now))
+       OR (j.state = 'running' AND j.lease_expires < :now))
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs o
+      WHERE j.raw_map_id <> 0 AND o.raw_map_id = j.raw_map_id
+        AND o.state IN ('not_started', 'running')
+        AND (o.submitted < j.submitted OR (o.submitted = j.submitted AND o.id < j.id)))
+ORDER BY j.submitted, j.id
+LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this runner holds a lease on."""
+
+    id: int
+    type: str
+    description: str | None
+    raw_map_id: int | None
+    attempts: int
+
+
+def runner_identity() -> tuple[str, str, int]:
+    """Return (runner id, host name, pid); the id is unique even when a pid is reused."""
+    host = socket.gethostname()
+    pid = os.getpid()
+    return f"{host}:{pid}:{uuid.uuid4().hex[:8]}", host, pid
+
+
+def _map_key(session: Session, job_type: str, description: str | None) -> int:
+    try:
+        value = json.loads(description) if description else {}
+    except ValueError:
+        return NO_MAP
+    transformation_id = value.get("transformation_id") if isinstance(value, dict) else None
+    if isinstance(transformation_id, bool) or not isinstance(transformation_id, int):
+        return NO_MAP
+    raw_map_id = session.scalar(
+        select(Transformation.raw_map_id).where(Transformation.id == transformation_id))
+    return raw_map_id if raw_map_id is not None else NO_MAP
+
+
+class JobStore:
+    """The job queue operations of one runner."""
+
+    def __init__(self, engine: Engine, runner_id: str, host: str, pid: int,
+                 lease_seconds: float) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self.runner_id = runner_id
+        self.host = host
+        self.pid = pid
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.postgresql = is_postgresql(engine)
+
+    def resolve_map_ids(self) -> int:
+        """Fill ``jobs.raw_map_id`` for new jobs, so the claim can order jobs per map."""
+        with self.sessions.begin() as session:
+            rows = session.execute(
+                select(Job.id, Job.type, Job.description)
+                .where(Job.state == "not_started", Job.raw_map_id.is_(None))
+                .order_by(Job.submitted, Job.id).limit(RESOLVE_BATCH)).all()
+            for job_id, job_type, description in rows:
+                session.execute(
+                    update(Job).where(Job.id == job_id, Job.raw_map_id.is_(None))
+                    .values(raw_map_id=_map_key(session, job_type, description)))
+        return len(rows)
+
+    def claim_next(self) -> ClaimedJob | None:
+        """Claim the oldest claimable job, or return None when there is none."""
+        now = utcnow()
+        query = _CLAIM_CANDIDATE + (" FOR UPDATE OF j SKIP LOCKED" if self.postgresql else "")
+        with self.sessions.begin() as session:
+            job_id = session.execute(text(query), {"now": now}).scalar()
+            if job_id is None:
+                return None
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(state="running", claimed_by=self.runner_id, started=now,
+                        lease_expires=now + self.lease, attempts=Job.attempts + 1)
+                .returning(Job.id, Job.type, Job.description, Job.raw_map_id, Job.attempts)
+            ).one()
+        return ClaimedJob(*claimed)
+
+    def renew_lease(self, job_id: int) -> bool:
+        """Extend the lease on a job; return False when another runner took it over."""
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.claimed_by == self.runner_id,
+                                  Job.state == "running")
+                .values(lease_expires=utcnow() + self.lease))
+        return result.rowcount == 1
+
+    def release(self, job_id: int, retry_after: float, reason: str) -> None:
+        """Give a job back to the queue, claimable again after ``retry_after`` seconds."""
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.claimed_by == self.runner_id)
+                .values(state="not_started", claimed_by=None,
+                        lease_expires=utcnow() + dt.timedelta(seconds=retry_after),
+                        comment=reason))
+
+    def finish(self, session: Session, job_id: int, state: str, comment: str | None) -> bool:
+        """Record a job's final state and copy it to jobs_history, in the given session.
+
+        Returns False, changing nothing, when this runner no longer holds the job.
+        """
+        job = session.get(Job, job_id, with_for_update=self.postgresql)
+        if job is None or job.claimed_by != self.runner_id:
+            return False
+        job.state = state
+        job.comment = comment
+        job.finished = utcnow()
+        job.lease_expires = None
+        session.merge(JobHistory(
+            id=job.id, type=job.type, description=job.description, state=state,
+            submitted=job.submitted, user_id=job.user_id, comment=comment,
+            raw_map_id=job.raw_map_id, claimed_by=job.claimed_by, started=job.started,
+            finished=job.finished, lease_expires=None, attempts=job.attempts))
+        return True
+
+    def fail_exhausted(self, max_attempts: int) -> list[int]:
+        """Fail jobs whose runners died ``max_attempts`` times while running them."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job).where(Job.state == "running", Job.lease_expires < now,
+                                  Job.attempts >= max_attempts)
+                .with_for_update(skip_locked=True) if self.postgresql else
+                select(Job).where(Job.state == "running", Job.lease_expires < now,
+                                  Job.attempts >= max_attempts)).all()
+            for job in jobs:
+                job.claimed_by = self.runner_id
+                self.finish(session, job.id, "failed",
+                            f"the runner died {job.attempts} times while running this job "
+                            f"(limit {max_attempts}); it is not tried again")
+        return [job.id for job in jobs]
+
+    def recover_all_running(self) -> int:
+        """Return every running job to the queue; for a single runner starting up on SQLite."""
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.state == "running")
+                .values(lease_expires=utcnow() - dt.timedelta(seconds=1)))
+        return result.rowcount
+
+    def register(self) -> None:
+        """Record this runner in the runners table."""
+        with self.sessions.begin() as session:
+            session.merge(Runner(id=self.runner_id, host=self.host, pid=self.pid,
+                                 started=utcnow(), heartbeat=utcnow()))
+
+    def heartbeat(self, current_job_id: int | None) -> None:
+        """Update this runner's heartbeat and current job."""
+        with self.sessions.begin() as session:
+            session.execute(update(Runner).where(Runner.id == self.runner_id)
+                            .values(heartbeat=utcnow(), current_job_id=current_job_id))
+
+    def unregister(self) -> None:
+        """Remove this runner from the runners table on a clean stop."""
+        with self.sessions.begin() as session:
+            runner = session.get(Runner, self.runner_id)
+            if runner is not None:
+                session.delete(runner)
+
+    def live_runners(self, exclude_self: bool = True) -> list[Runner]:
+        """Return the runners whose heartbeat is more recent than two leases."""
+        cutoff = utcnow() - 2 * self.lease
+        with self.sessions() as session:
+            query = select(Runner).where(Runner.heartbeat >= cutoff).order_by(Runner.started)
+            runners = list(session.scalars(query))
+        return [r for r in runners if not (exclude_self and r.id == self.runner_id)]

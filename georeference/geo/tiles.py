@@ -1,0 +1,687 @@
+"""Build a Web Mercator (EPSG:3857) PNG tile pyramid straight from a scan.
+
+The source is warped once, strip by strip, from its own pixel grid (via its
+geotransform or its ground control points) into the tile grid of the highest
+zoom level. Every lower level is then reduced from the level above in memory
+with an alpha-weighted 2x2 average, so no pixel is resampled twice from the
+scan and memory stays bounded by a few strips whatever the size of the scan.
+PNG encoding, which dominates the run time, is spread over a process pool
+while the main process warps the next strip.
+
+Tiles are written as ``z/x/y.png`` in TMS row order (origin bottom-left) or in
+XYZ row order (origin top-left), next to a ``tilemapresource.xml`` in the form
+that gdal2tiles writes (GDAL 3.6): the BoundingBox and Origin are WGS84
+longitudes and latitudes of the data extent, the SRS is EPSG:3857.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+gdal.UseExceptions()
+ogr.UseExceptions()
+osr.UseExceptions()
+
+TILE_SIZE = 256
+LAYOUTS = ("tms", "xyz")
+MAX_SUPPORTED_ZOOM = 30
+
+EARTH_RADIUS_M = 6378137.0
+"""Semi-major axis of WGS84, the sphere radius of Web Mercator."""
+
+HALF_WORLD_M = math.pi * EARTH_RADIUS_M
+"""Half the width of the Web Mercator world square in metres."""
+
+PALETTE_MIN_PSNR_DB = 40.0
+"""A palette (8-bit) tile is written only if its PSNR against the RGBA tile,
+measured on alpha-premultiplied RGB plus alpha, reaches this value. At 40 dB
+the RMS error is 2.5 levels of 255, below what JPEG noise in a scan adds, and
+scanned topographic maps pass it for most tiles with 256 colours."""
+
+WARP_RESAMPLING = "average"
+"""Warp kernel from the scan into the highest zoom. Average matches what
+gdal2tiles --resampling=average produces and avoids aliasing when the highest
+zoom is coarser than the scan."""
+
+GDAL_CACHE_MAX_BYTES = 256 * 1024 * 1024
+"""Upper bound for GDAL's block cache during a build, so that the decoded scan
+is not kept whole in memory (GDAL's default is 5 % of RAM)."""
+
+WARP_MEMORY_LIMIT_BYTES = 256 * 1024 * 1024
+
+PENDING_BATCHES_PER_PROCESS = 3
+"""Encoding batches in flight per worker before the warp waits, which bounds
+the memory held by tiles not yet written."""
+
+
+@dataclass(frozen=True)
+class TilePyramid:
+    """Summary of a tile pyramid written to disk."""
+
+    path: str
+    min_zoom: int
+    max_zoom: int
+    tile_count: int
+    byte_count: int
+    layout: str
+
+
+@dataclass(frozen=True)
+class MercatorExtent:
+    """Axis-aligned rectangle in EPSG:3857 metres."""
+
+    min_x: float
+    min_y: float
+    max_x: float
+    max_y: float
+
+    def intersection(self, other: MercatorExtent) -> MercatorExtent | None:
+        """Return the overlap of two extents, or None if they do not overlap."""
+        min_x = max(self.min_x, other.min_x)
+        min_y = max(self.min_y, other.min_y)
+        max_x = min(self.max_x, other.max_x)
+        max_y = min(self.max_y, other.max_y)
+        if min_x >= max_x or min_y >= max_y:
+            return None
+        return MercatorExtent(min_x, min_y, max_x, max_y)
+
+
+@dataclass(frozen=True)
+class TileRange:
+    """Inclusive range of tile columns and rows at one zoom, rows counted from the top."""
+
+    zoom: int
+    min_col: int
+    min_row: int
+    max_col: int
+    max_row: int
+
+    @property
+    def col_count(self) -> int:
+        return self.max_col - self.min_col + 1
+
+    @property
+    def row_count(self) -> int:
+        return self.max_row - self.min_row + 1
+
+    def parent(self) -> TileRange:
+        """Return the range one zoom lower that covers the same area."""
+        return TileRange(
+            self.zoom - 1, self.min_col // 2, self.min_row // 2, self.max_col // 2, self.max_row // 2
+        )
+
+
+def tile_resolution(zoom: int) -> float:
+    """Return the Web Mercator ground resolution in metres per pixel at ``zoom``."""
+    return 2.0 * HALF_WORLD_M / (TILE_SIZE * 2**zoom)
+
+
+def tile_range_for_extent(extent: MercatorExtent, zoom: int) -> TileRange:
+    """Return the tiles at ``zoom`` that intersect ``extent`` (XYZ row numbering)."""
+    tile_span = 2.0 * HALF_WORLD_M / 2**zoom
+    last = 2**zoom - 1
+    # A tiny inward margin keeps an extent that ends exactly on a tile edge
+    # from pulling in the next, empty tile.
+    margin = tile_span * 1e-9
+    min_col = math.floor((extent.min_x + HALF_WORLD_M + margin) / tile_span)
+    max_col = math.floor((extent.max_x + HALF_WORLD_M - margin) / tile_span)
+    min_row = math.floor((HALF_WORLD_M - extent.max_y + margin) / tile_span)
+    max_row = math.floor((HALF_WORLD_M - extent.min_y - margin) / tile_span)
+    return TileRange(
+        zoom,
+        min(max(min_col, 0), last),
+        min(max(min_row, 0), last),
+        min(max(max_col, 0), last),
+        min(max(max_row, 0), last),
+    )
+
+
+def native_zoom(resolution_m: float) -> int:
+    """Return the first zoom whose resolution matches or is finer than ``resolution_m``."""
+    for zoom in range(MAX_SUPPORTED_ZOOM + 1):
+        if tile_resolution(zoom) <= resolution_m * (1.0 + 1e-9):
+            return zoom
+    return MAX_SUPPORTED_ZOOM
+
+
+def single_tile_zoom(extent: MercatorExtent) -> int:
+    """Return the highest zoom at which ``extent`` lies inside one tile."""
+    for zoom in range(MAX_SUPPORTED_ZOOM, -1, -1):
+        tiles = tile_range_for_extent(extent, zoom)
+        if tiles.col_count == 1 and tiles.row_count == 1:
+            return zoom
+    return 0
+
+
+def build_tile_pyramid(
+    source_path: str,
+    output_dir: str,
+    *,
+    transformer_options: Sequence[str] = (),
+    clip_wkt: str | None = None,
+    min_zoom: int | None = None,
+    max_zoom: int | None = None,
+    max_zoom_cap: int | None = None,
+    layout: str = "tms",
+    processes: int = 2,
+    title: str = "",
+) -> TilePyramid:
+    """Warp a raster once into Web Mercator tiles and write the whole pyramid.
+
+    Args:
+        source_path: GDAL raster that is georeferenced either by a geotransform
+            with a spatial reference or by GCPs with a GCP spatial reference.
+        output_dir: Directory to write into; created if missing.
+        transformer_options: GDAL transformer options for the warp, for example
+            ``["METHOD=GCP_POLYNOMIAL", "MAX_GCP_ORDER=1"]`` or ``["METHOD=GCP_TPS"]``.
+        clip_wkt: Polygon or multipolygon in EPSG:4326, longitude before
+            latitude. Pixels outside it get alpha 0.
+        min_zoom: Lowest zoom to write. Defaults to the highest zoom at which
+            the map lies inside a single tile.
+        max_zoom: Highest zoom to write. Defaults to the first zoom whose
+            resolution matches or is finer than the source's, limited by
+            ``max_zoom_cap``.
+        max_zoom_cap: Upper limit for the default ``max_zoom``.
+        layout: ``"tms"`` (rows counted from the bottom) or ``"xyz"`` (from the top).
+        processes: Worker processes for PNG encoding and warp threads; 1
+            encodes in the calling process.
+        title: Title written into tilemapresource.xml.
+
+    Returns:
+        The zoom range written and the number and total size of the tiles.
+
+    Raises:
+        ValueError: If an argument is invalid or the source has no georeferencing.
+    """
+    _validate_arguments(layout, min_zoom, max_zoom, max_zoom_cap, processes)
+    source = _open_source(source_path)
+    footprint, source_resolution = _mercator_footprint(source, transformer_options)
+    clip = _ClipMask.from_wkt(clip_wkt) if clip_wkt else None
+    if clip is not None:
+        clipped = footprint.intersection(clip.extent)
+        if clipped is None:
+            raise ValueError(f"clip_wkt does not overlap the map extent {footprint}")
+        footprint = clipped
+
+    low_zoom, high_zoom = _resolve_zoom_range(
+        footprint, source_resolution, min_zoom, max_zoom, max_zoom_cap
+    )
+    top_range = tile_range_for_extent(footprint, high_zoom)
+    logger.info(
+        "Building tiles of %s into %s: zoom %d-%d, %d x %d tiles at zoom %d",
+        source_path, output_dir, low_zoom, high_zoom,
+        top_range.col_count, top_range.row_count, high_zoom,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+
+    previous_cache_max = gdal.GetCacheMax()
+    gdal.SetCacheMax(min(previous_cache_max, GDAL_CACHE_MAX_BYTES))
+    try:
+        with _TileWriter(output_dir, layout, processes) as writer:
+            reducer = _PyramidReducer(low_zoom, writer)
+            warper = _StripWarper(source, transformer_options, processes)
+            for row, strip in warper.warp_rows(top_range):
+                if clip is not None:
+                    clip.apply(strip, top_range, row)
+                reducer.add_row(high_zoom, row, top_range.min_col, strip)
+            reducer.finish()
+        tile_count, byte_count = writer.tile_count, writer.byte_count
+    finally:
+        gdal.SetCacheMax(previous_cache_max)
+
+    _write_tilemapresource(output_dir, footprint, low_zoom, high_zoom, title)
+    logger.info("Wrote %d tiles (%d bytes) into %s", tile_count, byte_count, output_dir)
+    return TilePyramid(output_dir, low_zoom, high_zoom, tile_count, byte_count, layout)
+
+
+def _validate_arguments(
+    layout: str,
+    min_zoom: int | None,
+    max_zoom: int | None,
+    max_zoom_cap: int | None,
+    processes: int,
+) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"Invalid layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    for name, value in (("min_zoom", min_zoom), ("max_zoom", max_zoom), ("max_zoom_cap", max_zoom_cap)):
+        if value is not None and not 0 <= value <= MAX_SUPPORTED_ZOOM:
+            raise ValueError(f"Invalid {name} {value}: expected 0 to {MAX_SUPPORTED_ZOOM}")
+    if min_zoom is not None and max_zoom is not None and min_zoom > max_zoom:
+        raise ValueError(f"Invalid zoom range: min_zoom {min_zoom} is greater than max_zoom {max_zoom}")
+    if processes < 1:
+        raise ValueError(f"Invalid processes {processes}: expected at least 1")
+
+
+def _open_source(source_path: str) -> gdal.Dataset:
+    """Open the source and return a dataset with gray or RGB bands, optionally with alpha."""
+    dataset = gdal.Open(source_path)
+    if not _is_georeferenced(dataset):
+        raise ValueError(
+            f"Source {source_path!r} has no georeferencing: expected a geotransform with a "
+            "spatial reference, or GCPs with a GCP spatial reference"
+        )
+    first_band = dataset.GetRasterBand(1)
+    if first_band.GetColorTable() is not None:
+        # Resampling palette indices would mix unrelated colours, so expand first.
+        dataset = gdal.Translate("", dataset, format="VRT", rgbExpand="rgba")
+    if dataset.GetRasterBand(1).DataType != gdal.GDT_Byte:
+        raise ValueError(f"Source {source_path!r} is not 8-bit: only Byte bands are supported")
+    return dataset
+
+
+def _is_georeferenced(dataset: gdal.Dataset) -> bool:
+    if dataset.GetGCPCount() > 0 and dataset.GetGCPSpatialRef() is not None:
+        return True
+    has_transform = dataset.GetGeoTransform(can_return_null=True) is not None
+    return has_transform and dataset.GetSpatialRef() is not None
+
+
+def _has_alpha(dataset: gdal.Dataset) -> bool:
+    last_band = dataset.GetRasterBand(dataset.RasterCount)
+    return dataset.RasterCount in (2, 4) and last_band.GetColorInterpretation() == gdal.GCI_AlphaBand
+
+
+def _mercator_footprint(
+    source: gdal.Dataset, transformer_options: Sequence[str]
+) -> tuple[MercatorExtent, float]:
+    """Return the source's extent in EPSG:3857 and the resolution GDAL suggests for it.
+
+    A virtual warp lets GDAL's own suggested-output logic (the same that
+    gdalwarp uses) sample the source edges with the requested transformer.
+    """
+    suggestion = gdal.Warp(
+        "",
+        source,
+        format="VRT",
+        dstSRS="EPSG:3857",
+        transformerOptions=list(transformer_options),
+    )
+    origin_x, pixel_width, _, origin_y, _, pixel_height = suggestion.GetGeoTransform()
+    extent = MercatorExtent(
+        origin_x,
+        origin_y + pixel_height * suggestion.RasterYSize,
+        origin_x + pixel_width * suggestion.RasterXSize,
+        origin_y,
+    )
+    world = MercatorExtent(-HALF_WORLD_M, -HALF_WORLD_M, HALF_WORLD_M, HALF_WORLD_M)
+    clamped = extent.intersection(world)
+    if clamped is None:
+        raise ValueError(f"Source extent {extent} lies outside the Web Mercator world")
+    return clamped, pixel_width
+
+
+def _resolve_zoom_range(
+    footprint: MercatorExtent,
+    source_resolution: float,
+    min_zoom: int | None,
+    max_zoom: int | None,
+    max_zoom_cap: int | None,
+) -> tuple[int, int]:
+    """Combine explicit zoom overrides with the defaults derived from the map."""
+    high = max_zoom
+    if high is None:
+        high = native_zoom(source_resolution)
+        if max_zoom_cap is not None:
+            high = min(high, max_zoom_cap)
+    low = min_zoom
+    if low is None:
+        low = min(single_tile_zoom(footprint), high)
+    if low > high:
+        raise ValueError(f"Invalid zoom range: min_zoom {low} is greater than max_zoom {high}")
+    return low, high
+
+
+class _StripWarper:
+    """Warp the source into the tile grid of one zoom, one row of tiles at a time."""
+
+    def __init__(self, source: gdal.Dataset, transformer_options: Sequence[str], threads: int) -> None:
+        self._source = source
+        self._source_alpha = _has_alpha(source)
+        self._color_bands = source.RasterCount - (1 if self._source_alpha else 0)
+        if self._color_bands not in (1, 3):
+            raise ValueError(
+                f"Source has {source.RasterCount} bands: expected gray or RGB, optionally with alpha"
+            )
+        self._options = gdal.WarpOptions(
+            resampleAlg=WARP_RESAMPLING,
+            srcAlpha=self._source_alpha,
+            dstAlpha=True,
+            multithread=True,
+            warpOptions=[f"NUM_THREADS={threads}", "INIT_DEST=0"],
+            warpMemoryLimit=WARP_MEMORY_LIMIT_BYTES,
+            transformerOptions=list(transformer_options),
+        )
+        mercator = osr.SpatialReference()
+        mercator.ImportFromEPSG(3857)
+        self._mercator_wkt = mercator.ExportToWkt()
+
+    def warp_rows(self, tiles: TileRange) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (tile row, RGBA strip of shape (256, 256 * columns, 4)) from top to bottom."""
+        for row in range(tiles.min_row, tiles.max_row + 1):
+            yield row, self._warp_strip(tiles, row)
+
+    def _warp_strip(self, tiles: TileRange, row: int) -> np.ndarray:
+        resolution = tile_resolution(tiles.zoom)
+        width = tiles.col_count * TILE_SIZE
+        band_count = self._color_bands + 1
+        target = gdal.GetDriverByName("MEM").Create("", width, TILE_SIZE, band_count, gdal.GDT_Byte)
+        left = -HALF_WORLD_M + tiles.min_col * TILE_SIZE * resolution
+        top = HALF_WORLD_M - row * TILE_SIZE * resolution
+        target.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
+        target.SetProjection(self._mercator_wkt)
+        target.GetRasterBand(band_count).SetColorInterpretation(gdal.GCI_AlphaBand)
+        gdal.Warp(target, self._source, options=self._options)
+
+        raw = target.ReadRaster(
+            0, 0, width, TILE_SIZE,
+            buf_pixel_space=band_count,
+            buf_line_space=band_count * width,
+            buf_band_space=1,
+        )
+        pixels = np.frombuffer(raw, dtype=np.uint8).reshape(TILE_SIZE, width, band_count)
+        if band_count == 4:
+            return pixels.copy()
+        rgba = np.empty((TILE_SIZE, width, 4), dtype=np.uint8)
+        rgba[..., :3] = pixels[..., :1]
+        rgba[..., 3] = pixels[..., 1]
+        return rgba
+
+
+class _ClipMask:
+    """Clip polygon in EPSG:3857 that is rasterized into the alpha of each strip."""
+
+    def __init__(self, geometry: ogr.Geometry) -> None:
+        self._geometry = geometry
+        min_x, max_x, min_y, max_y = geometry.GetEnvelope()
+        self.extent = MercatorExtent(min_x, min_y, max_x, max_y)
+        self._vector = ogr.GetDriverByName("Memory").CreateDataSource("clip")
+        mercator = osr.SpatialReference()
+        mercator.ImportFromEPSG(3857)
+        self._layer = self._vector.CreateLayer("clip", mercator, ogr.wkbUnknown)
+        feature = ogr.Feature(self._layer.GetLayerDefn())
+        feature.SetGeometry(geometry)
+        self._layer.CreateFeature(feature)
+
+    @classmethod
+    def from_wkt(cls, clip_wkt: str) -> _ClipMask:
+        """Parse a lon/lat polygon in EPSG:4326 and project it to EPSG:3857."""
+        try:
+            geometry = ogr.CreateGeometryFromWkt(clip_wkt)
+        except RuntimeError as error:
+            raise ValueError(f"Invalid clip_wkt {clip_wkt[:80]!r}: {error}") from error
+        if ogr.GT_Flatten(geometry.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
+            raise ValueError(f"Invalid clip_wkt {clip_wkt[:80]!r}: expected a POLYGON or MULTIPOLYGON")
+        geographic = osr.SpatialReference()
+        geographic.ImportFromEPSG(4326)
+        geographic.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        mercator = osr.SpatialReference()
+        mercator.ImportFromEPSG(3857)
+        mercator.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        # Densify first so that long edges follow the lon/lat straight line after projection.
+        geometry.Segmentize(0.01)
+        geometry.Transform(osr.CoordinateTransformation(geographic, mercator))
+        return cls(geometry)
+
+    def apply(self, strip: np.ndarray, tiles: TileRange, row: int) -> None:
+        """Set alpha to 0 in ``strip`` where pixel centres fall outside the polygon."""
+        resolution = tile_resolution(tiles.zoom)
+        height, width = strip.shape[:2]
+        left = -HALF_WORLD_M + tiles.min_col * TILE_SIZE * resolution
+        top = HALF_WORLD_M - row * TILE_SIZE * resolution
+        rectangle = _rectangle(left, top - height * resolution, left + width * resolution, top)
+        if self._geometry.Contains(rectangle):
+            return
+        if not self._geometry.Intersects(rectangle):
+            strip[..., 3] = 0
+            return
+        mask_dataset = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+        mask_dataset.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
+        gdal.RasterizeLayer(mask_dataset, [1], self._layer, burn_values=[1])
+        inside = mask_dataset.GetRasterBand(1).ReadAsArray().astype(bool)
+        strip[..., 3][~inside] = 0
+
+
+def _rectangle(min_x: float, min_y: float, max_x: float, max_y: float) -> ogr.Geometry:
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in ((min_x, min_y), (max_x, min_y), (max_x, max_y), (min_x, max_y), (min_x, min_y)):
+        ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    return polygon
+
+
+def reduce_half(block: np.ndarray) -> np.ndarray:
+    """Halve an RGBA block (even height and width) with an alpha-weighted 2x2 average.
+
+    Colours are averaged weighted by alpha, so fully transparent pixels (whose
+    RGB is undefined, usually black) do not darken the map edge. Alpha itself
+    is the plain average of the four pixels.
+    """
+    height, width = block.shape[0] // 2, block.shape[1] // 2
+    alpha = block[..., 3]
+    if alpha.min() == 255:
+        quad = block.reshape(height, 2, width, 2, 4).astype(np.uint16)
+        return ((quad.sum(axis=(1, 3)) + 2) >> 2).astype(np.uint8)
+
+    weights = alpha.astype(np.uint32)
+    weighted = block[..., :3].astype(np.uint32) * weights[..., None]
+    color_sum = weighted.reshape(height, 2, width, 2, 3).sum(axis=(1, 3))
+    alpha_sum = weights.reshape(height, 2, width, 2).sum(axis=(1, 3))
+    result = np.empty((height, width, 4), dtype=np.uint8)
+    divisor = np.maximum(alpha_sum, 1)[..., None]
+    result[..., :3] = (color_sum + divisor // 2) // divisor
+    result[..., 3] = (alpha_sum + 2) >> 2
+    return result
+
+
+class _PyramidReducer:
+    """Emit the tiles of each strip and reduce pairs of strips into the zoom below.
+
+    Strips arrive top to bottom at the highest zoom. A strip at an even row
+    waits for its odd neighbour below, and the pair becomes one strip of the
+    parent zoom, so at most one strip per zoom is held at any time.
+    """
+
+    def __init__(self, min_zoom: int, writer: _TileWriter) -> None:
+        self._min_zoom = min_zoom
+        self._writer = writer
+        self._pending: dict[int, tuple[int, int, np.ndarray]] = {}
+
+    def add_row(self, zoom: int, row: int, min_col: int, strip: np.ndarray) -> None:
+        """Write the tiles of one strip and pass it on towards the lower zooms."""
+        self._writer.write_strip(zoom, row, min_col, strip)
+        if zoom == self._min_zoom:
+            return
+        pending = self._pending.pop(zoom, None)
+        if pending is not None and pending[0] // 2 != row // 2:
+            self._reduce(zoom, pending, None)
+            pending = None
+        if pending is None and row % 2 == 0:
+            self._pending[zoom] = (row, min_col, strip)
+            return
+        self._reduce(zoom, pending, (row, min_col, strip))
+
+    def finish(self) -> None:
+        """Reduce strips still waiting for a neighbour, from the highest zoom down."""
+        for zoom in sorted(self._pending, reverse=True):
+            pending = self._pending.pop(zoom, None)
+            if pending is not None:
+                self._reduce(zoom, pending, None)
+
+    def _reduce(
+        self,
+        zoom: int,
+        upper: tuple[int, int, np.ndarray] | None,
+        lower: tuple[int, int, np.ndarray] | None,
+    ) -> None:
+        """Join an even (upper) and an odd (lower) strip, either may be missing, and halve them."""
+        present = upper if upper is not None else lower
+        assert present is not None
+        row, min_col, strip = present
+        col_count = strip.shape[1] // TILE_SIZE
+        parent_min_col = min_col // 2
+        parent_cols = (min_col + col_count - 1) // 2 - parent_min_col + 1
+        offset = (min_col - 2 * parent_min_col) * TILE_SIZE
+
+        block = np.zeros((2 * TILE_SIZE, 2 * parent_cols * TILE_SIZE, 4), dtype=np.uint8)
+        if upper is not None:
+            block[:TILE_SIZE, offset : offset + strip.shape[1]] = upper[2]
+        if lower is not None:
+            block[TILE_SIZE:, offset : offset + strip.shape[1]] = lower[2]
+        self.add_row(zoom - 1, row // 2, parent_min_col, reduce_half(block))
+
+
+class _TileWriter:
+    """Cut strips into tiles and encode them as PNG, in worker processes if asked."""
+
+    def __init__(self, output_dir: str, layout: str, processes: int) -> None:
+        self._output_dir = output_dir
+        self._layout = layout
+        self._processes = processes
+        self._pool: multiprocessing.pool.Pool | None = None
+        self._in_flight: deque[multiprocessing.pool.AsyncResult] = deque()
+        self.tile_count = 0
+        self.byte_count = 0
+
+    def __enter__(self) -> _TileWriter:
+        if self._processes > 1:
+            # Spawned workers import only this module, and do not inherit GDAL
+            # threads or locks held by the caller, which fork could.
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(self._processes)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        try:
+            if exc_type is None:
+                while self._in_flight:
+                    self._collect(self._in_flight.popleft().get())
+        finally:
+            if self._pool is not None:
+                self._pool.terminate() if exc_type is not None else self._pool.close()
+                self._pool.join()
+
+    def write_strip(self, zoom: int, row: int, min_col: int, strip: np.ndarray) -> None:
+        """Queue every tile of ``strip`` that has at least one visible pixel."""
+        batch: list[tuple[str, np.ndarray]] = []
+        for index in range(strip.shape[1] // TILE_SIZE):
+            tile = strip[:, index * TILE_SIZE : (index + 1) * TILE_SIZE]
+            if not tile[..., 3].any():
+                continue
+            batch.append((self._tile_path(zoom, min_col + index, row), np.ascontiguousarray(tile)))
+        if not batch:
+            return
+        if self._pool is None:
+            self._collect(encode_tiles(batch))
+            return
+        while len(self._in_flight) >= PENDING_BATCHES_PER_PROCESS * self._processes:
+            self._collect(self._in_flight.popleft().get())
+        self._in_flight.append(self._pool.apply_async(encode_tiles, (batch,)))
+
+    def _collect(self, result: tuple[int, int]) -> None:
+        self.tile_count += result[0]
+        self.byte_count += result[1]
+
+    def _tile_path(self, zoom: int, col: int, row: int) -> str:
+        file_row = (2**zoom - 1 - row) if self._layout == "tms" else row
+        return os.path.join(self._output_dir, str(zoom), str(col), f"{file_row}.png")
+
+
+def encode_tiles(batch: Sequence[tuple[str, np.ndarray]]) -> tuple[int, int]:
+    """Encode and write a batch of RGBA tiles; return the number of files and bytes."""
+    byte_count = 0
+    for path, rgba in batch:
+        data = encode_png(rgba)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as file:
+            file.write(data)
+        byte_count += len(data)
+    return len(batch), byte_count
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """Encode a 256x256 RGBA tile as an 8-bit palette PNG, or as RGBA if the palette is not faithful.
+
+    Fully opaque tiles get an RGB palette without tRNS. Others get an RGBA
+    palette, which Pillow writes as PLTE plus tRNS.
+    """
+    opaque = bool(rgba[..., 3].min() == 255)
+    source = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
+    paletted = source.quantize(256, method=Image.Quantize.FASTOCTREE)
+    restored = np.asarray(paletted.convert("RGBA"))
+    chosen = paletted if palette_psnr(rgba, restored) >= PALETTE_MIN_PSNR_DB else Image.fromarray(rgba)
+    buffer = io.BytesIO()
+    chosen.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def palette_psnr(original: np.ndarray, restored: np.ndarray) -> float:
+    """Return the PSNR in dB between two RGBA tiles on premultiplied RGB plus alpha.
+
+    Premultiplying ignores the colour of fully transparent pixels, which no
+    client shows.
+    """
+    original_alpha = original[..., 3:].astype(np.float32) / 255.0
+    restored_alpha = restored[..., 3:].astype(np.float32) / 255.0
+    color_error = original[..., :3] * original_alpha - restored[..., :3] * restored_alpha
+    alpha_error = original[..., 3].astype(np.float32) - restored[..., 3]
+    mse = (float(np.square(color_error).sum()) + float(np.square(alpha_error).sum())) / (
+        original.shape[0] * original.shape[1] * 4
+    )
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(255.0**2 / mse)
+
+
+def mercator_to_lonlat(x: float, y: float) -> tuple[float, float]:
+    """Convert EPSG:3857 metres to WGS84 longitude and latitude in degrees (spherical formulas)."""
+    lon = math.degrees(x / EARTH_RADIUS_M)
+    lat = math.degrees(math.atan(math.sinh(y / EARTH_RADIUS_M)))
+    return lon, lat
+
+
+def _write_tilemapresource(
+    output_dir: str, footprint: MercatorExtent, min_zoom: int, max_zoom: int, title: str
+) -> None:
+    """Write tilemapresource.xml as gdal2tiles does for its mercator profile.
+
+    gdal2tiles (GDAL 3.6) writes BoundingBox and Origin in WGS84 degrees of
+    the data extent although the SRS is EPSG:3857. Clients written against its
+    output expect that, so the same units are used here.
+    """
+    west, south = mercator_to_lonlat(footprint.min_x, footprint.min_y)
+    east, north = mercator_to_lonlat(footprint.max_x, footprint.max_y)
+    lines = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<TileMap version="1.0.0" tilemapservice="http://tms.osgeo.org/1.0.0">',
+        f"  <Title>{escape(title)}</Title>",
+        "  <Abstract></Abstract>",
+        "  <SRS>EPSG:3857</SRS>",
+        f'  <BoundingBox minx="{west:.14f}" miny="{south:.14f}" maxx="{east:.14f}" maxy="{north:.14f}"/>',
+        f'  <Origin x="{west:.14f}" y="{south:.14f}"/>',
+        f'  <TileFormat width="{TILE_SIZE}" height="{TILE_SIZE}" mime-type="image/png" extension="png"/>',
+        '  <TileSets profile="mercator">',
+    ]
+    for zoom in range(min_zoom, max_zoom + 1):
+        lines.append(
+            f"    <TileSet href={quoteattr(str(zoom))} units-per-pixel=\"{tile_resolution(zoom):.14f}\""
+            f' order="{zoom}"/>'
+        )
+    lines += ["  </TileSets>", "</TileMap>", ""]
+    with open(os.path.join(output_dir, "tilemapresource.xml"), "w", encoding="utf-8") as file:
+        file.write("\n".join(lines))

@@ -1,0 +1,260 @@
+"""Warp a raw scan with its GCPs and clip polygon into a georeferenced Cloud Optimized GeoTIFF.
+
+The output has three colour bands and an alpha band that is 0 outside the scan and outside
+the clip, 512-pixel tiles, DEFLATE compression and internal overviews, so any GDAL client
+(QGIS, MapServer) can read it and stream parts of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from osgeo import gdal, ogr, osr
+
+from georeference.errors import JobInputError, ProcessingError
+from georeference.geo.transformation import TransformationSpec, srs_from_epsg
+
+gdal.UseExceptions()
+
+logger = logging.getLogger(__name__)
+
+COG_OPTIONS = [
+    "COMPRESS=DEFLATE",
+    "PREDICTOR=YES",
+    "LEVEL=6",
+    "BLOCKSIZE=512",
+    "OVERVIEWS=IGNORE_EXISTING",
+    "OVERVIEW_RESAMPLING=AVERAGE",
+    "NUM_THREADS=ALL_CPUS",
+    "BIGTIFF=IF_SAFER",
+]
+
+# Points per edge when a rectangle is transformed to EPSG:4326, so curved edges stay close.
+EDGE_DENSITY = 21
+
+
+@dataclass(frozen=True)
+class Residual:
+    """How far one GCP lies from where the fitted transformation puts it."""
+
+    index: int
+    target_units: float
+    pixels: float
+
+
+@dataclass(frozen=True)
+class Residuals:
+    """Per-point residuals and their root mean square, in target units and in scan pixels."""
+
+    points: tuple[Residual, ...]
+    rms_target_units: float
+    rms_pixels: float
+
+    def summary(self, units: str) -> str:
+        """Return a one-line text for logs and the job's comment."""
+        per_point = ", ".join(f"{r.index + 1}: {r.target_units:.3g} {units}/{r.pixels:.2f} px"
+                              for r in self.points)
+        return (f"GCP residuals RMS {self.rms_target_units:.3g} {units} "
+                f"({self.rms_pixels:.2f} px); per point {per_point}")
+
+
+@dataclass(frozen=True)
+class GeoImage:
+    """A georeferenced GeoTIFF written by ``write_geo_image``."""
+
+    path: str
+    width: int
+    height: int
+    epsg: int
+    bounds: tuple[float, float, float, float]
+    footprint_geojson: str
+
+
+def open_scan(path: str) -> gdal.Dataset:
+    """Open a raw scan and check that it can be read to its last row.
+
+    Raises:
+        JobInputError: the file is missing, not a raster GDAL can read, or truncated.
+    """
+    if not os.path.isfile(path):
+        raise JobInputError(f"raw scan not found: {path}")
+    try:
+        dataset = gdal.Open(path, gdal.GA_ReadOnly)
+    except RuntimeError as exc:
+        raise JobInputError(f"raw scan {path} is not readable: {exc}") from None
+    if dataset is None or dataset.RasterCount == 0:
+        raise JobInputError(f"raw scan {path} has no raster bands")
+
+    width, height = dataset.RasterXSize, dataset.RasterYSize
+    try:
+        for band_index in range(1, dataset.RasterCount + 1):
+            dataset.GetRasterBand(band_index).ReadRaster(0, height - 1, width, 1)
+    except RuntimeError as exc:
+        raise JobInputError(f"raw scan {path} is truncated or corrupt: {exc}") from None
+    return dataset
+
+
+def scan_size(path: str) -> tuple[int, int]:
+    """Return the width and height of a raw scan in pixels, after checking it is readable."""
+    dataset = open_scan(path)
+    return dataset.RasterXSize, dataset.RasterYSize
+
+
+def make_gcp_vrt(scan_path: str, spec: TransformationSpec, vrt_path: str) -> None:
+    """Write a VRT of the scan that carries the GCPs and their CRS, the input of every warp."""
+    scan = open_scan(scan_path)
+    bands = [1, 2, 3] if scan.RasterCount >= 3 else [1]
+    options = gdal.TranslateOptions(
+        format="VRT", bandList=bands, GCPs=spec.gdal_gcps(),
+        outputSRS=spec.srs().ExportToWkt())
+    gdal.Translate(vrt_path, scan, options=options)
+
+
+def compute_residuals(spec: TransformationSpec, width: int, height: int) -> Residuals:
+    """Fit the transformation to its GCPs and measure how far each point lies off the fit."""
+    dataset = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+    dataset.SetGCPs(spec.gdal_gcps(), spec.srs().ExportToWkt())
+    transformer = gdal.Transformer(dataset, None, spec.transformer_options)
+
+    residuals = []
+    for index, point in enumerate(spec.gcps):
+        ok, (x, y, _) = transformer.TransformPoint(0, point.pixel_x, point.pixel_y)
+        back_ok, (pixel_x, pixel_y, _) = transformer.TransformPoint(1, point.x, point.y)
+        target_error = math.hypot(x - point.x, y - point.y) if ok else math.inf
+        pixel_error = (math.hypot(pixel_x - point.pixel_x, pixel_y - point.pixel_y)
+                       if back_ok else math.inf)
+        residuals.append(Residual(index, target_error, pixel_error))
+
+    count = len(residuals)
+    rms_target = math.sqrt(sum(r.target_units ** 2 for r in residuals) / count)
+    rms_pixels = math.sqrt(sum(r.pixels ** 2 for r in residuals) / count)
+    return Residuals(tuple(residuals), rms_target, rms_pixels)
+
+
+def _write_cutline(clip: ogr.Geometry, path: str) -> None:
+    driver = ogr.GetDriverByName("GeoJSON")
+    datasource = driver.CreateDataSource(path)
+    layer = datasource.CreateLayer("clip", clip.GetSpatialReference(), ogr.wkbPolygon)
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(clip)
+    layer.CreateFeature(feature)
+    datasource = None
+
+
+def footprint_polygon(bounds: tuple[float, float, float, float], epsg: int) -> ogr.Geometry:
+    """Return a rectangle in a CRS as a densified polygon in EPSG:4326 (lon/lat order)."""
+    min_x, min_y, max_x, max_y = bounds
+    steps = [i / (EDGE_DENSITY - 1) for i in range(EDGE_DENSITY)]
+    outline = ([(min_x + (max_x - min_x) * t, min_y) for t in steps]
+               + [(max_x, min_y + (max_y - min_y) * t) for t in steps[1:]]
+               + [(max_x - (max_x - min_x) * t, max_y) for t in steps[1:]]
+               + [(min_x, max_y - (max_y - min_y) * t) for t in steps[1:]])
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in outline:
+        ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    if epsg != 4326:
+        polygon.AssignSpatialReference(srs_from_epsg(epsg))
+        polygon.TransformTo(srs_from_epsg(4326))
+    return polygon
+
+
+def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
+              warped_vrt: str, max_size: int, work_dir: str) -> gdal.Dataset:
+    """Describe the warp as a VRT without computing pixels, and check its size and clip.
+
+    Raises:
+        JobInputError: the output would exceed ``max_size`` pixels on a side, or the clip
+            does not intersect the map.
+    """
+    cutline_path = None
+    if clip is not None:
+        cutline_path = os.path.join(work_dir, f"clip-{uuid.uuid4().hex}.geojson")
+        _write_cutline(clip, cutline_path)
+
+    options = gdal.WarpOptions(
+        format="VRT", dstSRS=spec.srs().ExportToWkt(), dstAlpha=True,
+        resampleAlg="bilinear", multithread=True, warpOptions=["NUM_THREADS=ALL_CPUS"],
+        tps=spec.algorithm == "tps",
+        polynomialOrder=spec.order if spec.algorithm != "tps" else None,
+        cutlineDSName=cutline_path, cropToCutline=clip is not None)
+    try:
+        dataset = gdal.Warp(warped_vrt, gcp_vrt, options=options)
+    except RuntimeError as exc:
+        if clip is not None and "cutline" in str(exc).lower():
+            raise JobInputError(f"clip polygon does not intersect the map: {exc}") from None
+        raise ProcessingError("warp", f"cannot set up the warp: {exc}") from exc
+    if dataset is None:
+        raise ProcessingError("warp", "GDAL returned no dataset")
+
+    width, height = dataset.RasterXSize, dataset.RasterYSize
+    if width > max_size or height > max_size:
+        raise JobInputError(
+            f"the warped map would be {width} x {height} pixels, more than the limit of "
+            f"{max_size} on a side; the GCPs are probably wrong")
+
+    if clip is not None:
+        bounds = _dataset_bounds(dataset)
+        if not footprint_polygon(bounds, spec.epsg).Intersects(clip):
+            raise JobInputError("clip polygon does not intersect the map")
+    return dataset
+
+
+def _dataset_bounds(dataset: gdal.Dataset) -> tuple[float, float, float, float]:
+    origin_x, pixel_width, _, origin_y, _, pixel_height = dataset.GetGeoTransform()
+    max_x = origin_x + pixel_width * dataset.RasterXSize
+    min_y = origin_y + pixel_height * dataset.RasterYSize
+    return (origin_x, min_y, max_x, origin_y)
+
+
+def write_geo_image(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
+                    output_path: str, max_size: int, work_dir: str,
+                    progress: Callable[[float], bool] | None = None) -> GeoImage:
+    """Warp the scan into a COG at ``output_path``.
+
+    Args:
+        gcp_vrt: the scan as a VRT with GCPs, from ``make_gcp_vrt``.
+        spec: the checked transformation.
+        clip: a valid polygon in EPSG:4326, or None to keep the whole scan.
+        output_path: where the GeoTIFF is written; its folder must exist.
+        max_size: the largest output width or height accepted, in pixels.
+        work_dir: scratch folder for the warp's intermediate files.
+        progress: called with the completed fraction; returning False cancels the warp.
+
+    Raises:
+        JobInputError: the output would be too large or the clip misses the map.
+        ProcessingError: GDAL failed while warping or writing.
+    """
+    warped_vrt = os.path.join(work_dir, f"warped-{uuid.uuid4().hex}.vrt")
+    warped = plan_warp(gcp_vrt, spec, clip, warped_vrt, max_size, work_dir)
+    warped.FlushCache()
+
+    def callback(complete: float, message: str, data: object) -> int:
+        return 1 if progress is None or progress(complete) else 0
+
+    try:
+        gdal.Translate(output_path, warped_vrt, options=gdal.TranslateOptions(
+            format="COG", creationOptions=COG_OPTIONS, callback=callback))
+    except RuntimeError as exc:
+        raise ProcessingError("warp", f"cannot write {output_path}: {exc}") from exc
+
+    result = gdal.Open(output_path)
+    bounds = _dataset_bounds(result)
+    footprint = footprint_polygon(bounds, spec.epsg)
+    return GeoImage(path=output_path, width=result.RasterXSize, height=result.RasterYSize,
+                    epsg=spec.epsg, bounds=bounds, footprint_geojson=footprint.ExportToJson())
+
+
+def image_epsg(path: str) -> int | None:
+    """Return the EPSG code of a GeoTIFF's CRS, or None when it has no identifiable code."""
+    dataset = gdal.Open(path)
+    srs = osr.SpatialReference(wkt=dataset.GetProjection())
+    srs.AutoIdentifyEPSG()
+    code = srs.GetAuthorityCode(None)
+    return int(code) if code else None
