@@ -70,7 +70,7 @@ def settings(db_url: str, tmp_path) -> Settings:
     """Settings whose roots all lie in the test's own temporary folder."""
     config = {
         "sqlalchemy.url": db_url,
-        "georeference.image_root": os.path.dirname(os.path.dirname(SAMPLE_SCAN)),
+        "georeference.image_root": str(tmp_path / "raw"),
         "georeference.georef_root": str(tmp_path / "georef"),
         "georeference.tms_root": str(tmp_path / "tms"),
         "georeference.mapfile_root": str(tmp_path / "mapfiles"),

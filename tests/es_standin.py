@@ -1,9 +1,9 @@
 """A local HTTP stand-in for the few Elasticsearch 8 endpoints the search backend uses.
 
 Elasticsearch cannot run on the test machines, so this server on 127.0.0.1 plays it for the
-official client: it keeps indices and documents in memory, records every request, and
-checks what a real node would reject (a document sent to an index that was not created with
-an explicit mapping, a body that is not a JSON object). Every response carries the
+official client. It keeps indices and documents in memory and records every request. It also
+checks what a real node would reject, such as a body that is not a JSON object, and what the
+runner must not do, such as writing to an index it did not create with an explicit mapping. Every response carries the
 ``X-Elastic-Product: Elasticsearch`` header that the 8.x client requires.
 
 Modes switch its behaviour to simulate an index that cannot be reached:
@@ -116,9 +116,9 @@ class ElasticsearchStandin:
         self._thread = None
 
     def set_mode(self, mode: str) -> None:
-        """Switch the behaviour; ``refuse`` stops the listener and leaving it restarts it."""
+        """Switch the behaviour. ``refuse`` stops the listener, and leaving it restarts it."""
         if mode not in MODES:
-            raise ValueError(f"unknown stand-in mode {mode!r}; expected one of {MODES}")
+            raise ValueError(f"invalid stand-in mode {mode!r}, expected one of {MODES}")
         if mode == "refuse" and self.mode != "refuse":
             self.stop()
         elif mode != "refuse" and self.mode == "refuse":

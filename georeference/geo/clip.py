@@ -39,9 +39,14 @@ def parse_clip(geojson_text: str | None) -> ogr.Geometry | None:
     if geojson_text is None or geojson_text.strip() == "":
         return None
     try:
-        json.loads(geojson_text)
-        geometry = ogr.CreateGeometryFromJson(geojson_text)
-    except (ValueError, RuntimeError):
+        parsed = json.loads(geojson_text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("coordinates") in ([], [[]]):
+        raise JobInputError("clip polygon is empty")
+    try:
+        geometry = ogr.CreateGeometryFromJson(geojson_text) if parsed is not None else None
+    except RuntimeError:
         geometry = None
     if geometry is None:
         raise JobInputError(f"clip polygon is not valid GeoJSON: {geojson_text[:80]!r}")

@@ -268,8 +268,8 @@ def parse_transformation(params_text: str, target_crs: int | None, scan_width: i
     _check_gcp_count(algorithm, order, len(points))
     _check_within_scan(points, scan_width, scan_height)
     _check_distinct(points)
-    _check_not_collinear(points)
     _check_area_of_use(points, gcp_epsg)
+    _check_not_collinear(points)
 
     epsg = gcp_epsg
     if target_crs is not None and int(target_crs) != gcp_epsg:

@@ -124,16 +124,40 @@ def compute_residuals(spec: TransformationSpec, width: int, height: int) -> Resi
     residuals = []
     for index, point in enumerate(spec.gcps):
         ok, (x, y, _) = transformer.TransformPoint(0, point.pixel_x, point.pixel_y)
-        back_ok, (pixel_x, pixel_y, _) = transformer.TransformPoint(1, point.x, point.y)
+        right_ok, (right_x, right_y, _) = transformer.TransformPoint(
+            0, point.pixel_x + 1, point.pixel_y)
         target_error = math.hypot(x - point.x, y - point.y) if ok else math.inf
-        pixel_error = (math.hypot(pixel_x - point.pixel_x, pixel_y - point.pixel_y)
-                       if back_ok else math.inf)
+        # The local size of one scan pixel in target units turns the error into pixels.
+        pixel_size = math.hypot(right_x - x, right_y - y) if ok and right_ok else 0.0
+        pixel_error = target_error / pixel_size if pixel_size > 0 else math.inf
         residuals.append(Residual(index, target_error, pixel_error))
 
     count = len(residuals)
     rms_target = math.sqrt(sum(r.target_units ** 2 for r in residuals) / count)
     rms_pixels = math.sqrt(sum(r.pixels ** 2 for r in residuals) / count)
     return Residuals(tuple(residuals), rms_target, rms_pixels)
+
+
+def scan_footprint(spec: TransformationSpec, width: int, height: int) -> ogr.Geometry:
+    """Return the scan's outline as the transformation places it, in EPSG:4326."""
+    dataset = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+    dataset.SetGCPs(spec.gdal_gcps(), spec.srs().ExportToWkt())
+    transformer = gdal.Transformer(dataset, None, spec.transformer_options)
+    steps = [i / (EDGE_DENSITY - 1) for i in range(EDGE_DENSITY)]
+    outline = ([(width * t, 0.0) for t in steps] + [(width, height * t) for t in steps[1:]]
+               + [(width * (1 - t), height) for t in steps[1:]]
+               + [(0.0, height * (1 - t)) for t in steps[1:]])
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for pixel_x, pixel_y in outline:
+        ok, (x, y, _) = transformer.TransformPoint(0, pixel_x, pixel_y)
+        if ok:
+            ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    polygon.AssignSpatialReference(spec.srs())
+    if spec.epsg != 4326:
+        polygon.TransformTo(srs_from_epsg(4326))
+    return polygon
 
 
 def _write_cutline(clip: ogr.Geometry, path: str) -> None:
@@ -175,6 +199,10 @@ def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
     """
     cutline_path = None
     if clip is not None:
+        source = gdal.Open(gcp_vrt)
+        footprint = scan_footprint(spec, source.RasterXSize, source.RasterYSize)
+        if not footprint.Intersects(clip):
+            raise JobInputError("clip polygon does not intersect the map")
         cutline_path = os.path.join(work_dir, f"clip-{uuid.uuid4().hex}.geojson")
         _write_cutline(clip, cutline_path)
 
@@ -187,8 +215,13 @@ def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
     try:
         dataset = gdal.Warp(warped_vrt, gcp_vrt, options=options)
     except RuntimeError as exc:
-        if clip is not None and "cutline" in str(exc).lower():
+        text = str(exc).lower()
+        if clip is not None and "cutline" in text:
             raise JobInputError(f"clip polygon does not intersect the map: {exc}") from None
+        if "illegal" in text or "too large" in text or "cannot compute" in text:
+            raise JobInputError(
+                f"the warped map would be absurdly large or undefined ({exc}); "
+                "the GCPs are probably wrong") from None
         raise ProcessingError("warp", f"cannot set up the warp: {exc}") from exc
     if dataset is None:
         raise ProcessingError("warp", "GDAL returned no dataset")
@@ -198,11 +231,6 @@ def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
         raise JobInputError(
             f"the warped map would be {width} x {height} pixels, more than the limit of "
             f"{max_size} on a side; the GCPs are probably wrong")
-
-    if clip is not None:
-        bounds = _dataset_bounds(dataset)
-        if not footprint_polygon(bounds, spec.epsg).Intersects(clip):
-            raise JobInputError("clip polygon does not intersect the map")
     return dataset
 
 

@@ -379,3 +379,16 @@ def test_document_of_missing_map(session_factory, settings):
     with session_factory() as session:
         with pytest.raises(JobInputError, match="raw map 404 not found"):
             build_document(session, settings, 404)
+
+
+def test_document_download_uses_layer_name(session_factory, settings):
+    with session_factory() as session:
+        raw_map = add_raw_map(session, allow_download=True)
+        raw_map.file_name = "1925 Dresden.Süd"
+        georeference(session)
+
+        _, document = build_document(session, settings, 7)
+
+    download = document["online_resources"][-1]
+    assert download["type"] == "download"
+    assert "&COVERAGEID=map_1925_Dresden_S_d&FORMAT=image/tiff" in download["url"]

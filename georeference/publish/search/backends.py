@@ -3,7 +3,7 @@
 Both store one document per raw map under its public id and replace it on every update.
 The ``database`` backend writes in the caller's session, so a document commits or rolls
 back with the job. The ``elasticsearch`` backend sends each document at once and raises
-``StorageError`` when the index cannot take it; the callers in ``__init__`` then queue the
+``StorageError`` when the index cannot store it. The callers in ``__init__`` then queue the
 update in ``search_outbox``.
 """
 
@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Mapping of the Elasticsearch index, sent when the runner creates the index. Fields not
 # listed here are kept in _source but not indexed ("dynamic": false), so a new document
-# field never fails an update; it only becomes searchable once added to this mapping.
+# field does not fail an update. It becomes searchable only once added to this mapping,
+# and an existing index needs a reindex for that.
 INDEX_MAPPING: dict[str, Any] = {
     "dynamic": False,
     "properties": {
@@ -60,7 +61,7 @@ INDEX_MAPPING: dict[str, Any] = {
 class SearchIndexUnavailable(StorageError):
     """Raised when the search index cannot be reached: connection failed, timed out or 5xx.
 
-    A plain ``StorageError`` from a backend means the index answered but rejected the
+    A plain ``StorageError`` from a backend means the index responded but rejected the
     request (a 4xx such as a mapping conflict), which a retry alone will not fix.
     """
 
@@ -173,9 +174,9 @@ def find_documents_by_bbox(session: Session, min_lon: float, min_lat: float,
 class ElasticsearchIndex:
     """Search documents in an Elasticsearch 8 index, through the official client.
 
-    The client retries nothing (``max_retries=0``): an update that fails is queued in
-    ``search_outbox`` by the caller and sent again by ``flush_outbox``, so a job never
-    waits more than ``search_timeout`` seconds per request for an index that is down.
+    The client does not retry (``max_retries=0``). An update that fails is queued in
+    ``search_outbox`` by the caller and sent again by ``flush_outbox``, so a job waits at
+    most about ``search_timeout`` seconds per request for an index that is down.
     """
 
     def __init__(self, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from georeference.errors import ConfigurationError, JobInputError
 from georeference.models import GeorefMap, Metadata, RawMap, Transformation
+from georeference.publish.mapfile import sanitize_layer_name
 from georeference.settings import Settings
 
 ogr.UseExceptions()
@@ -37,10 +38,10 @@ WORLD_BOUNDS = (-180.0, -90.0, 180.0, 90.0)
 def normalize_geometry(geojson_text: str | None) -> dict[str, Any] | None:
     """Return a valid, closed, counter-clockwise GeoJSON polygon for a stored geometry.
 
-    Steps: close open rings and drop repeated consecutive positions, repair with OGR
-    ``MakeValid``, move a shape lying wholly beyond ±180° back by 360° and cut it to the
-    world bounds, keep the polygon part with the largest area, and orient the outer ring
-    counter-clockwise and holes clockwise (the right-hand rule of RFC 7946).
+    It closes open rings, drops repeated consecutive positions and repairs the shape with
+    OGR ``MakeValid``. A shape lying wholly beyond ±180° moves back by 360°, and the rest is
+    cut to the world bounds. Of the polygon parts, the one with the largest area is kept.
+    The outer ring ends up counter-clockwise and holes clockwise (RFC 7946 right-hand rule).
 
     Args:
         geojson_text: GeoJSON geometry in EPSG:4326, or None or "" for no geometry.
@@ -110,7 +111,7 @@ def _parse_geojson(geojson_text: str) -> dict[str, Any]:
 def _clean_positions(geojson: dict[str, Any]) -> dict[str, Any]:
     """Close the rings of (multi)polygons and drop repeated consecutive positions.
 
-    This happens before OGR sees the geometry, because OGR only warns about open rings
+    This runs before OGR parses the geometry, because OGR only warns about open rings
     and GEOS then fails on them.
     """
     kind = geojson["type"]
@@ -295,12 +296,8 @@ def public_id(settings: Settings, raw_map_id: int) -> str:
 
 
 def coverage_id(raw_map: RawMap) -> str:
-    """Return the WCS coverage id of a map, used in its GetCoverage download link.
-
-    NOTE: this assumes the mapfile names its raster layer after the file name. Change it
-    together with the layer name that georeference.publish.mapfile writes.
-    """
-    return raw_map.file_name
+    """Return the WCS coverage id of a map, the layer name its mapfile gets."""
+    return sanitize_layer_name(raw_map.file_name)
 
 
 def _georef_geometry(session: Session, georef_map: GeorefMap) -> dict[str, Any] | None:
