@@ -209,7 +209,8 @@ def load_settings(ini_path: str) -> Settings:
     except ConfigurationError:
         raise
     except (configparser.Error, LookupError, ValueError, ImportError) as exc:
-        raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise ConfigurationError(f"cannot read configuration file {path}: {reason}") from exc
     if not isinstance(settings, Settings):
         raise ConfigurationError(
             f"{path}: [app:main] must say 'use = call:georeference.settings:app_factory'")

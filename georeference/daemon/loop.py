@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
+import shutil
 import signal
 import tempfile
 import threading
@@ -41,6 +43,8 @@ NOTIFY_CHANNEL = "georeference_jobs"
 # First delay, in seconds, before a job that hit a transient error is tried again; it
 # doubles with every further attempt up to the configured maximum.
 RETRY_BACKOFF_START = 5.0
+
+_STAGING_NAME = re.compile(r"^job-(\d+)-([0-9a-f]+)-")
 
 # Longest pause, in seconds, between two renewals of a job's lease.
 HEARTBEAT_MAX_INTERVAL = 10.0
@@ -96,6 +100,7 @@ class JobLoop:
         self.search_index = search_index
         self.stopping = False
         self.current_job: int | None = None
+        self._token = self.runner_id.rsplit(":", 1)[-1]
         self._wakeup = _Wakeup()
         self._listen_connection: Any = None
 
@@ -149,6 +154,7 @@ class JobLoop:
                                                             "job_id": job_id})
             summary.failed.append(job_id)
         self._flush_search_outbox()
+        self._clean_scratch()
         self.store.heartbeat(None)
 
         while not self.stopping:
@@ -166,6 +172,29 @@ class JobLoop:
         if count:
             logger.warning("%d job(s) left running by a stopped runner return to the queue",
                            count, extra={"action": "recover"})
+
+    def _clean_scratch(self) -> None:
+        """Delete staging folders left by runners that died, so scratch space is freed.
+
+        A folder is named ``job-<job id>-<runner token>-…``; it is kept only while that job
+        is running under that runner.
+        """
+        try:
+            entries = os.listdir(self.settings.tmp_root)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            match = _STAGING_NAME.match(entry)
+            if match is None:
+                continue
+            job_id, token = int(match.group(1)), match.group(2)
+            if token == self._token and self.current_job == job_id:
+                continue
+            if self.store.is_running_under(job_id, token):
+                continue
+            shutil.rmtree(os.path.join(self.settings.tmp_root, entry), ignore_errors=True)
+            logger.info("job=%d removed scratch folder %s left by a stopped runner", job_id,
+                        entry, extra={"action": "scratch_cleaned", "job_id": job_id})
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -197,7 +226,8 @@ class JobLoop:
     def _new_context(self, claimed: ClaimedJob, job_logger: JobLogger, session: Any,
                      started: float) -> JobContext:
         os.makedirs(self.settings.tmp_root, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f"job-{claimed.id}-", dir=self.settings.tmp_root)
+        staging = tempfile.mkdtemp(prefix=f"job-{claimed.id}-{self._token}-",
+                                   dir=self.settings.tmp_root)
         limit = self.settings.time_limit
         return JobContext(
             job_id=claimed.id, job_type=claimed.type, description={}, session=session,

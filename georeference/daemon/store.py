@@ -128,6 +128,14 @@ class JobStore:
                 .values(lease_expires=utcnow() + self.lease))
         return result.rowcount == 1
 
+    def is_running_under(self, job_id: int, runner_token: str) -> bool:
+        """Return True when a job runs under a live lease of the runner with this id token."""
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+        return (job is not None and job.state == "running" and job.claimed_by is not None
+                and job.claimed_by.endswith(f":{runner_token}")
+                and job.lease_expires is not None and job.lease_expires > utcnow())
+
     def release(self, job_id: int, retry_after: float, reason: str) -> None:
         """Give a job back to the queue, claimable again after ``retry_after`` seconds."""
         with self.sessions.begin() as session:

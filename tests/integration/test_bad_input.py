@@ -129,6 +129,8 @@ def test_wild_gcp_fails_on_size(settings, engine, session_factory, published):
 @pytest.mark.parametrize("case", sorted(BAD_CLIPS))
 def test_bad_clip_fails_job(settings, engine, session_factory, published, case):
     clip, expected = BAD_CLIPS[case]
+    if case == "clip not geojson" and engine.dialect.name == "postgresql":
+        pytest.skip("PostGIS rejects text that is not GeoJSON when it is stored")
     with session_factory() as session:
         bad = add_transformation(session, 10, synthetic_params(), clip=clip)
         job_id = add_job(session, "transformation_process", {"transformation_id": bad})
