@@ -550,8 +550,15 @@ class _PyramidReducer:
         self._reduce(zoom, pending, (row, min_col, strip))
 
     def finish(self) -> None:
-        """Reduce strips still waiting for a neighbour, from the highest zoom down."""
-        for zoom in sorted(self._pending, reverse=True):
+        """Reduce strips still waiting for a neighbour, from the highest zoom down.
+
+        Reducing a strip can leave a new pending strip one zoom lower, so every
+        zoom down to the lowest is checked again rather than only those pending
+        when this method was called.
+        """
+        if not self._pending:
+            return
+        for zoom in range(max(self._pending), self._min_zoom, -1):
             pending = self._pending.pop(zoom, None)
             if pending is not None:
                 self._reduce(zoom, pending, None)
@@ -595,6 +602,8 @@ class _TileWriter:
         if self._processes > 1:
             # Spawned workers import only this module, and do not inherit GDAL
             # threads or locks held by the caller, which fork could.
+            # NOTE: spawn re-imports the caller's __main__ module, so a script
+            # calling build_tile_pyramid needs an `if __name__ == "__main__":` guard.
             context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(self._processes)
         return self
@@ -606,7 +615,10 @@ class _TileWriter:
                     self._collect(self._in_flight.popleft().get())
         finally:
             if self._pool is not None:
-                self._pool.terminate() if exc_type is not None else self._pool.close()
+                if exc_type is None:
+                    self._pool.close()
+                else:
+                    self._pool.terminate()
                 self._pool.join()
 
     def write_strip(self, zoom: int, row: int, min_col: int, strip: np.ndarray) -> None:

@@ -225,6 +225,28 @@ def test_fully_transparent_tiles_not_written(tmp_path: Path) -> None:
     }
 
 
+def test_single_tile_reduced_down_many_zooms(tmp_path: Path) -> None:
+    # One tile at ZOOM reduced four times: each zoom holds a single pending
+    # strip that only the final flush turns into the next zoom.
+    image = np.full((TILE_SIZE, TILE_SIZE, 3), 200, dtype=np.uint8)
+    source = write_mercator_raster(tmp_path / "source.tif", image, col=FIRST_COL + 1, row=FIRST_ROW + 1)
+    output = tmp_path / "tiles"
+    result = build_tile_pyramid(source, str(output), min_zoom=ZOOM - 4, processes=1)
+    expected = set()
+    for level in range(5):
+        zoom = ZOOM - level
+        expected.add((zoom, (FIRST_COL + 1) >> level, 2**zoom - 1 - ((FIRST_ROW + 1) >> level)))
+    assert tile_files(output) == expected
+    assert result.tile_count == 5
+    # At ZOOM - 4 the map is 16 x 16 pixels at offset (col, row) % 16 * 16 within its tile.
+    tile = read_tile(output, ZOOM - 4, (FIRST_COL + 1) >> 4, (FIRST_ROW + 1) >> 4)
+    offset_x, offset_y = (FIRST_COL + 1) % 16 * 16, (FIRST_ROW + 1) % 16 * 16
+    assert tile[offset_y + 8, offset_x + 8].tolist() == [200, 200, 200, 255]
+    assert tile[offset_y + 8, offset_x + 16, 3] == 0
+    assert tile[offset_y - 1, offset_x + 8, 3] == 0
+    assert tile[..., 3].astype(bool).sum() == 16 * 16
+
+
 def test_alpha_weighted_edge_not_darkened(tmp_path: Path) -> None:
     image = np.full((TILE_SIZE, TILE_SIZE + 1, 3), 240, dtype=np.uint8)
     source = write_mercator_raster(tmp_path / "source.tif", image)
