@@ -16,6 +16,7 @@ from georeference.errors import ConfigurationError
 
 SEARCH_BACKENDS = ("database", "elasticsearch")
 TILE_LAYOUTS = ("tms", "xyz")
+GEOTIFF_COMPRESSIONS = ("DEFLATE", "ZSTD", "LZW")
 
 # Each entry: ini key -> (attribute name, parser, default). Defaults containing ``{here}``
 # are resolved against the ini file's folder, like PasteDeploy's ``%(here)s``.
@@ -42,10 +43,14 @@ _KEYS: dict[str, tuple[str, str, Any]] = {
     "georeference.url.wcs": ("url_wcs", "str", "http://localhost/cgi-bin/mapserv?map={mapfile}"),
     "georeference.url.slub": (
         "url_slub", "str", "https://digital.slub-dresden.de/{ppn}"),
+    "georeference.tms.min_zoom": ("tms_min_zoom", "optional_int", None),
     "georeference.tms.max_zoom": ("tms_max_zoom", "optional_int", None),
     "georeference.tms.layout": ("tms_layout", "str", "tms"),
     # Worker processes for PNG encoding of tiles.
     "georeference.tms.processes": ("tms_processes", "int", 2),
+    # Compression of the georeferenced GeoTIFFs: DEFLATE (any GDAL or libtiff reader),
+    # ZSTD (faster and smaller, needs GDAL 2.3+ built with zstd) or LZW.
+    "georeference.geotiff.compression": ("geotiff_compression", "str", "DEFLATE"),
     # A warp whose output would exceed this many pixels on a side is rejected as bad GCPs.
     "georeference.warp.max_size": ("warp_max_size", "int", 50000),
     # A claimed job's lease, in seconds: a runner renews it while it works, and a job whose
@@ -58,7 +63,7 @@ _KEYS: dict[str, tuple[str, str, Any]] = {
     # Longest wait, in seconds, before a job that hit a transient error is tried again.
     "georeference.job.retry_backoff_max": ("retry_backoff_max", "float", 300.0),
     # GDAL block cache for warping and tiling, in megabytes.
-    "georeference.gdal.cache_mb": ("gdal_cache_mb", "int", 256),
+    "georeference.gdal.cache_mb": ("gdal_cache_mb", "int", 128),
 }
 
 
@@ -86,9 +91,11 @@ class Settings:
     url_wms: str
     url_wcs: str
     url_slub: str
+    tms_min_zoom: int | None
     tms_max_zoom: int | None
     tms_layout: str
     tms_processes: int
+    geotiff_compression: str
     warp_max_size: int
     lease_seconds: float
     max_attempts: int
@@ -145,6 +152,11 @@ def _check_choices(values: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             f"invalid value for georeference.tms.layout: {values['tms_layout']!r} "
             f"(expected one of {', '.join(TILE_LAYOUTS)})")
+    if values["geotiff_compression"] not in GEOTIFF_COMPRESSIONS:
+        raise ConfigurationError(
+            f"invalid value for georeference.geotiff.compression: "
+            f"{values['geotiff_compression']!r} (expected one of "
+            f"{', '.join(GEOTIFF_COMPRESSIONS)})")
     if values["sleep_time"] <= 0:
         raise ConfigurationError("invalid value for georeference.daemon.sleep_time: must be > 0")
     if values["lease_seconds"] < 5:

@@ -111,7 +111,10 @@ def run_jobs(settings: Settings, engine: Engine) -> RunSummary:
     """Run every pending job once, the way ``georeference-runner run --once`` does."""
     loop = JobLoop(settings, engine, open_index(settings))
     loop.store.register()
-    summary = loop.run_pending()
+    try:
+        summary = loop.run_pending()
+    finally:
+        loop.close()
     loop.store.unregister()
     return summary
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from osgeo import gdal
 from sqlalchemy import Engine, func, select as sql_select
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
@@ -30,6 +31,7 @@ from georeference.database import is_postgresql
 from georeference.daemon.store import ClaimedJob, JobStore, runner_identity
 from georeference.errors import (GeoreferenceError, JobInputError, ProcessingError,
                                  StorageError)
+from georeference.geo.tiles import make_encoder_pool
 from georeference.jobs import get_handler
 from georeference.jobs.context import JobContext, JobLogger, parse_description
 from georeference.models import Job
@@ -101,6 +103,10 @@ class JobLoop:
         self.stopping = False
         self.current_job: int | None = None
         self._token = self.runner_id.rsplit(":", 1)[-1]
+        gdal.SetCacheMax(settings.gdal_cache_mb * 1024 * 1024)
+        # Created before any job starts GDAL threads, and kept for the runner's lifetime.
+        self.tile_pool = make_encoder_pool(settings.tms_processes) \
+            if settings.tms_processes > 1 else None
         self._wakeup = _Wakeup()
         self._listen_connection: Any = None
 
@@ -232,7 +238,7 @@ class JobLoop:
         return JobContext(
             job_id=claimed.id, job_type=claimed.type, description={}, session=session,
             settings=self.settings, logger=job_logger, products=StagedProducts(staging),
-            search_index=self.search_index,
+            search_index=self.search_index, tile_pool=self.tile_pool,
             should_stop=lambda: time.monotonic() - started > limit, started=started)
 
     def _run_handler(self, claimed: ClaimedJob, job_logger: JobLogger,
@@ -393,7 +399,15 @@ class JobLoop:
                 pass
             self._listen_connection = None
 
+    def close(self) -> None:
+        """Stop the tile encoder processes."""
+        if self.tile_pool is not None:
+            self.tile_pool.terminate()
+            self.tile_pool.join()
+            self.tile_pool = None
+
     def _shutdown(self) -> None:
+        self.close()
         self._close_listener()
         try:
             self.store.unregister()

@@ -109,7 +109,10 @@ def serve(settings: Settings, once: bool = False) -> int:
         if once:
             loop.store.register()
             loop._recover_on_sqlite()
-            summary = loop.run_pending()
+            try:
+                summary = loop.run_pending()
+            finally:
+                loop.close()
             loop.store.unregister()
             logger.info("processed %d job(s): %d completed, %d failed, %d released",
                         len(summary.completed) + len(summary.failed) + len(summary.released),

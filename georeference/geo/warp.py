@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -17,22 +18,41 @@ from typing import Callable
 from osgeo import gdal, ogr, osr
 
 from georeference.errors import JobInputError, ProcessingError
+from georeference.geo.overviews import build_overviews
 from georeference.geo.transformation import TransformationSpec, srs_from_epsg
 
 gdal.UseExceptions()
 
 logger = logging.getLogger(__name__)
 
+BLOCK_SIZE = 512
+
+# Compression of the geo image -> COG creation options. DEFLATE is readable by every GDAL
+# build and libtiff; ZSTD (GDAL 2.3+ built with libzstd) is faster to write and smaller.
+# Scans carry JPEG noise, so a horizontal predictor makes them larger here, not smaller.
+COMPRESSIONS = {
+    "DEFLATE": ["COMPRESS=DEFLATE", "LEVEL=6"],
+    "ZSTD": ["COMPRESS=ZSTD", "LEVEL=1"],
+    "LZW": ["COMPRESS=LZW"],
+}
+
 COG_OPTIONS = [
-    "COMPRESS=DEFLATE",
-    "PREDICTOR=YES",
-    "LEVEL=6",
-    "BLOCKSIZE=512",
-    "OVERVIEWS=IGNORE_EXISTING",
-    "OVERVIEW_RESAMPLING=AVERAGE",
+    f"BLOCKSIZE={BLOCK_SIZE}",
+    "OVERVIEWS=FORCE_USE_EXISTING",
     "NUM_THREADS=ALL_CPUS",
     "BIGTIFF=IF_SAFER",
 ]
+
+# The uncompressed intermediate: written once by the warp, read twice (overviews, COG copy).
+PLAIN_OPTIONS = ["TILED=YES", f"BLOCKXSIZE={BLOCK_SIZE}", f"BLOCKYSIZE={BLOCK_SIZE}",
+                 "BIGTIFF=IF_SAFER", "SPARSE_OK=YES"]
+
+# Nearest neighbour, as gdalwarp uses by default: the geo image keeps about the scan's own
+# resolution, so each output pixel is one scan pixel and averaging would only blur lines.
+WARP_RESAMPLING = "near"
+
+# Memory GDAL's warper may use per chunk, in bytes.
+WARP_MEMORY_LIMIT = 64 * 1024 * 1024
 
 # Points per edge when a rectangle is transformed to EPSG:4326, so curved edges stay close.
 EDGE_DENSITY = 21
@@ -89,6 +109,11 @@ def open_scan(path: str) -> gdal.Dataset:
         raise JobInputError(f"raw scan {path} is not readable: {exc}") from None
     if dataset is None or dataset.RasterCount == 0:
         raise JobInputError(f"raw scan {path} has no raster bands")
+    data_type = dataset.GetRasterBand(1).DataType
+    if data_type != gdal.GDT_Byte:
+        raise JobInputError(
+            f"raw scan {path} has {gdal.GetDataTypeName(data_type)} pixels; only 8-bit scans "
+            "are supported")
 
     width, height = dataset.RasterXSize, dataset.RasterYSize
     try:
@@ -108,9 +133,16 @@ def scan_size(path: str) -> tuple[int, int]:
 def make_gcp_vrt(scan_path: str, spec: TransformationSpec, vrt_path: str) -> None:
     """Write a VRT of the scan that carries the GCPs and their CRS, the input of every warp."""
     scan = open_scan(scan_path)
-    bands = [1, 2, 3] if scan.RasterCount >= 3 else [1]
+    # Every product is RGB + alpha: grey scans repeat their band, palette scans expand.
+    expand = None
+    if scan.GetRasterBand(1).GetColorTable() is not None:
+        bands, expand = [1], "rgb"
+    elif scan.RasterCount >= 3:
+        bands = [1, 2, 3]
+    else:
+        bands = [1, 1, 1]
     options = gdal.TranslateOptions(
-        format="VRT", bandList=bands, GCPs=spec.gdal_gcps(),
+        format="VRT", bandList=bands, rgbExpand=expand, GCPs=spec.gdal_gcps(),
         outputSRS=spec.srs().ExportToWkt())
     gdal.Translate(vrt_path, scan, options=options)
 
@@ -190,8 +222,8 @@ def footprint_polygon(bounds: tuple[float, float, float, float], epsg: int) -> o
 
 
 def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
-              warped_vrt: str, max_size: int, work_dir: str) -> gdal.Dataset:
-    """Describe the warp as a VRT without computing pixels, and check its size and clip.
+              warped_vrt: str, max_size: int, work_dir: str) -> dict:
+    """Check the warp's size and clip by describing it as a VRT; return the warp options.
 
     Raises:
         JobInputError: the output would exceed ``max_size`` pixels on a side, or the clip
@@ -206,14 +238,15 @@ def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
         cutline_path = os.path.join(work_dir, f"clip-{uuid.uuid4().hex}.geojson")
         _write_cutline(clip, cutline_path)
 
-    options = gdal.WarpOptions(
-        format="VRT", dstSRS=spec.srs().ExportToWkt(), dstAlpha=True,
-        resampleAlg="bilinear", multithread=True, warpOptions=["NUM_THREADS=ALL_CPUS"],
-        tps=spec.algorithm == "tps",
+    warp_options = dict(
+        dstSRS=spec.srs().ExportToWkt(), dstAlpha=True, resampleAlg=WARP_RESAMPLING,
+        multithread=True, warpOptions=["NUM_THREADS=ALL_CPUS"],
+        warpMemoryLimit=WARP_MEMORY_LIMIT, tps=spec.algorithm == "tps",
         polynomialOrder=spec.order if spec.algorithm != "tps" else None,
         cutlineDSName=cutline_path, cropToCutline=clip is not None)
     try:
-        dataset = gdal.Warp(warped_vrt, gcp_vrt, options=options)
+        dataset = gdal.Warp(warped_vrt, gcp_vrt,
+                            options=gdal.WarpOptions(format="VRT", **warp_options))
     except RuntimeError as exc:
         text = str(exc).lower()
         if clip is not None and "cutline" in text:
@@ -231,7 +264,7 @@ def plan_warp(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
         raise JobInputError(
             f"the warped map would be {width} x {height} pixels, more than the limit of "
             f"{max_size} on a side; the GCPs are probably wrong")
-    return dataset
+    return warp_options
 
 
 def _dataset_bounds(dataset: gdal.Dataset) -> tuple[float, float, float, float]:
@@ -243,7 +276,8 @@ def _dataset_bounds(dataset: gdal.Dataset) -> tuple[float, float, float, float]:
 
 def write_geo_image(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry | None,
                     output_path: str, max_size: int, work_dir: str,
-                    progress: Callable[[float], bool] | None = None) -> GeoImage:
+                    progress: Callable[[float], bool] | None = None,
+                    compression: str = "DEFLATE") -> GeoImage:
     """Warp the scan into a COG at ``output_path``.
 
     Args:
@@ -254,23 +288,41 @@ def write_geo_image(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry |
         max_size: the largest output width or height accepted, in pixels.
         work_dir: scratch folder for the warp's intermediate files.
         progress: called with the completed fraction; returning False cancels the warp.
+        compression: a key of ``COMPRESSIONS``.
 
     Raises:
         JobInputError: the output would be too large or the clip misses the map.
         ProcessingError: GDAL failed while warping or writing.
     """
     warped_vrt = os.path.join(work_dir, f"warped-{uuid.uuid4().hex}.vrt")
-    warped = plan_warp(gcp_vrt, spec, clip, warped_vrt, max_size, work_dir)
-    warped.FlushCache()
+    warp_options = plan_warp(gcp_vrt, spec, clip, warped_vrt, max_size, work_dir)
 
     def callback(complete: float, message: str, data: object) -> int:
         return 1 if progress is None or progress(complete) else 0
 
+    plain_path = os.path.join(work_dir, f"plain-{uuid.uuid4().hex}.tif")
+    started = time.monotonic()
     try:
-        gdal.Translate(output_path, warped_vrt, options=gdal.TranslateOptions(
-            format="COG", creationOptions=COG_OPTIONS, callback=callback))
+        plain = gdal.Warp(plain_path, gcp_vrt, options=gdal.WarpOptions(
+            format="GTiff", creationOptions=PLAIN_OPTIONS, callback=callback, **warp_options))
+        plain.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
+        warped_at = time.monotonic()
+        build_overviews(plain, BLOCK_SIZE)
+        overviews_at = time.monotonic()
+        if progress is not None and not progress(1.0):
+            raise ProcessingError("warp", "cancelled")
+        gdal.Translate(output_path, plain, options=gdal.TranslateOptions(
+            format="COG", creationOptions=COG_OPTIONS + COMPRESSIONS[compression],
+            callback=callback))
+        logger.debug("geo image: warp %.2f s, overviews %.2f s, COG %.2f s",
+                     warped_at - started, overviews_at - warped_at,
+                     time.monotonic() - overviews_at)
     except RuntimeError as exc:
         raise ProcessingError("warp", f"cannot write {output_path}: {exc}") from exc
+    finally:
+        plain = None
+        if os.path.exists(plain_path):
+            os.unlink(plain_path)
 
     result = gdal.Open(output_path)
     bounds = _dataset_bounds(result)

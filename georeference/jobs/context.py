@@ -44,6 +44,7 @@ class JobContext:
         products: products built in the job's staging folder, moved into place by the loop
             just before the commit.
         search_index: the configured search backend, shared by the jobs of one runner.
+        tile_pool: PNG encoder processes shared by the jobs of one runner, or None.
         should_stop: returns True when the job ran past its time limit; long steps poll it.
     """
 
@@ -55,6 +56,7 @@ class JobContext:
     logger: JobLogger
     products: StagedProducts
     search_index: Any = None
+    tile_pool: Any = None
     notes: list[str] = field(default_factory=list)
     should_stop: Callable[[], bool] = lambda: False
     started: float = field(default_factory=time.monotonic)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from georeference.errors import JobInputError
 from georeference.geo.clip import parse_clip
 from georeference.geo.transformation import TransformationSpec, parse_transformation
-from georeference.geo.warp import (GeoImage, compute_residuals, make_gcp_vrt, scan_size,
-                                   write_geo_image)
+from georeference.geo.warp import (GeoImage, compute_residuals, make_gcp_vrt, scan_footprint,
+                                   scan_size, write_geo_image)
 from georeference.jobs.context import JobContext
 from georeference.models import GeorefMap, RawMap, Transformation, utcnow
 from georeference import publish
@@ -68,6 +70,8 @@ def prepare(ctx: JobContext, transformation: Transformation) -> PreparedTransfor
     width, height = scan_size(scan)
     spec = parse_transformation(transformation.params, transformation.target_crs, width, height)
     clip = parse_clip(transformation.clip)
+    if clip is not None and not scan_footprint(spec, width, height).Intersects(clip):
+        raise JobInputError("clip polygon does not intersect the map")
 
     residuals = compute_residuals(spec, width, height)
     units = "m" if spec.srs().IsProjected() else "deg"
@@ -86,19 +90,43 @@ def prepare(ctx: JobContext, transformation: Transformation) -> PreparedTransfor
                                   gcp_vrt)
 
 
-def stage_geo_image(ctx: JobContext, prepared: PreparedTransformation) -> tuple[GeoImage, str]:
+def stage_geo_image(ctx: JobContext, prepared: PreparedTransformation,
+                    cancelled: threading.Event | None = None) -> tuple[GeoImage, str]:
     """Warp the scan into the staging folder; return the image and its published path."""
     raw_map = prepared.raw_map
     final = paths.geo_image_path(ctx.settings.georef_root, raw_map.map_type, raw_map.file_name)
     work_dir = ctx.map_staging_dir(raw_map.id)
     staged = os.path.join(work_dir, "geo.tif")
+
+    def keep_going(fraction: float) -> bool:
+        return not ctx.should_stop() and not (cancelled is not None and cancelled.is_set())
+
     image = write_geo_image(prepared.gcp_vrt, prepared.spec, prepared.clip, staged,
-                            ctx.settings.warp_max_size, work_dir,
-                            progress=lambda fraction: not ctx.should_stop())
+                            ctx.settings.warp_max_size, work_dir, progress=keep_going,
+                            compression=ctx.settings.geotiff_compression)
     ctx.products.replace(staged, final)
     ctx.logger.info("geo image written: %d x %d pixels, EPSG:%d -> %s", image.width,
                     image.height, image.epsg, final, extra={"action": "warp_done"})
     return image, final
+
+
+def stage_image_and_tiles(ctx: JobContext,
+                          prepared: PreparedTransformation) -> tuple[GeoImage, str]:
+    """Build the geo image in a thread while the tiles are cut, both straight from the scan.
+
+    Each step has single-threaded phases (overviews, reducing zoom levels), so running them
+    side by side keeps both cores busy. GDAL releases the GIL while it warps and compresses.
+    """
+    cancelled = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"geo-image-{ctx.job_id}") as pool:
+        image_future = pool.submit(stage_geo_image, ctx, prepared, cancelled)
+        try:
+            publish.stage_tiles(ctx, prepared.raw_map, prepared.spec, prepared.clip_wkt,
+                                prepared.gcp_vrt)
+        except BaseException:
+            cancelled.set()
+            raise
+        return image_future.result()
 
 
 def record_georef_map(ctx: JobContext, raw_map: RawMap, transformation: Transformation,
@@ -121,9 +149,7 @@ def enable_transformation(ctx: JobContext, transformation: Transformation) -> No
             f"transformation {transformation.id} is marked invalid and cannot be enabled")
 
     prepared = prepare(ctx, transformation)
-    image, image_final = stage_geo_image(ctx, prepared)
-    publish.stage_tiles(ctx, prepared.raw_map, prepared.spec, prepared.clip_wkt,
-                        prepared.gcp_vrt)
+    image, image_final = stage_image_and_tiles(ctx, prepared)
     publish.stage_mapfile(ctx, prepared.raw_map, image_final, image.path)
     record_georef_map(ctx, prepared.raw_map, transformation, image.footprint_geojson)
     publish.update_search_document(ctx, prepared.raw_map.id)

@@ -6,9 +6,11 @@ Each step builds its product in the job's staging folder and registers it with t
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING
 
+from georeference.errors import JobInputError, ProcessingError
 from georeference.models import Metadata, RawMap
 from georeference.publish import paths
 
@@ -25,14 +27,28 @@ def stage_tiles(ctx: JobContext, raw_map: RawMap, spec: TransformationSpec,
     settings = ctx.settings
     final = paths.tiles_path(settings.tms_root, raw_map.map_type, raw_map.file_name)
     staged = os.path.join(ctx.map_staging_dir(raw_map.id), "tiles")
-    pyramid = build_tile_pyramid(
-        gcp_vrt, staged, transformer_options=spec.transformer_options, clip_wkt=clip_wkt,
-        max_zoom_cap=settings.tms_max_zoom, layout=settings.tms_layout,
-        processes=settings.tms_processes, title=raw_map.file_name)
+    try:
+        pyramid = build_tile_pyramid(
+            gcp_vrt, staged, transformer_options=spec.transformer_options, clip_wkt=clip_wkt,
+            min_zoom=settings.tms_min_zoom, max_zoom_cap=settings.tms_max_zoom,
+            layout=settings.tms_layout, processes=settings.tms_processes,
+            title=raw_map.file_name, pool=ctx.tile_pool)
+    except ValueError as exc:
+        raise JobInputError(f"cannot cut tiles: {exc}") from None
+    except (OSError, RuntimeError) as exc:
+        raise ProcessingError("tiles", _describe_os_error(exc)) from exc
     ctx.products.replace(staged, final)
     ctx.logger.info("tiles built: zoom %d-%d, %d tiles, %.1f MB -> %s", pyramid.min_zoom,
                     pyramid.max_zoom, pyramid.tile_count, pyramid.byte_count / 1e6, final,
                     extra={"action": "tiles_done"})
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    """Return an error's text, saying plainly when the disk is full."""
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
+        return f"disk full while writing: {text}"
+    return text
 
 
 def map_title(session, raw_map: RawMap) -> tuple[str, str]:

@@ -253,9 +253,11 @@ def test_alpha_weighted_edge_not_darkened(tmp_path: Path) -> None:
     output = tmp_path / "tiles"
     build_tile_pyramid(source, str(output), min_zoom=ZOOM - 1, max_zoom=ZOOM, processes=1)
     # At ZOOM - 1 the map column 256 becomes half of pixel 128: half alpha, full colour.
+    # Premultiplying by alpha 128 and dividing again may round the colour down by one level;
+    # a darkened edge would be near 120.
     parent = read_tile(output, ZOOM - 1, FIRST_COL // 2, FIRST_ROW // 2)
     assert parent[10, 127, :3].tolist() == [240, 240, 240]
-    assert parent[10, 128, :3].tolist() == [240, 240, 240]
+    assert all(239 <= value <= 240 for value in parent[10, 128, :3].tolist())
     assert parent[10, 128, 3] == 128
     assert parent[10, 129, 3] == 0
 
