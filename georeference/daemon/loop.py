@@ -17,7 +17,6 @@ import re
 import select
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -231,13 +230,12 @@ class JobLoop:
 
     def _new_context(self, claimed: ClaimedJob, job_logger: JobLogger, session: Any,
                      started: float) -> JobContext:
-        os.makedirs(self.settings.tmp_root, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f"job-{claimed.id}-{self._token}-",
-                                   dir=self.settings.tmp_root)
+        products = StagedProducts(self.settings.tmp_root,
+                                  prefix=f"job-{claimed.id}-{self._token}-")
         limit = self.settings.time_limit
         return JobContext(
             job_id=claimed.id, job_type=claimed.type, description={}, session=session,
-            settings=self.settings, logger=job_logger, products=StagedProducts(staging),
+            settings=self.settings, logger=job_logger, products=products,
             search_index=self.search_index, tile_pool=self.tile_pool,
             should_stop=lambda: time.monotonic() - started > limit, started=started)
 

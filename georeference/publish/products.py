@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 
@@ -28,10 +29,28 @@ class _Change:
 
 @dataclass
 class StagedProducts:
-    """The product changes of one job, applied together."""
+    """The product changes of one job, applied together.
 
-    staging_dir: str
+    The staging folder is made on first use, in ``scratch_root`` with ``prefix``, so jobs
+    that only change the database do not touch the disk.
+    """
+
+    scratch_root: str
+    prefix: str = "job-"
     changes: list[_Change] = field(default_factory=list)
+    _staging_dir: str | None = None
+
+    @property
+    def staging_dir(self) -> str:
+        """Return the job's staging folder, creating it on first use."""
+        if self._staging_dir is None:
+            os.makedirs(self.scratch_root, exist_ok=True)
+            self._staging_dir = tempfile.mkdtemp(prefix=self.prefix, dir=self.scratch_root)
+        return self._staging_dir
+
+    def _remove_staging(self) -> None:
+        if self._staging_dir is not None:
+            shutil.rmtree(self._staging_dir, ignore_errors=True)
 
     def replace(self, staged: str, final: str) -> None:
         """Put ``staged`` at ``final`` on install, replacing what is there."""
@@ -59,17 +78,17 @@ class StagedProducts:
             for leftover in (change.backup, change.old_target):
                 if leftover:
                     _remove_path(leftover)
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self._remove_staging()
 
     def restore(self) -> None:
         """Put the old versions back after a failed commit."""
         for change in reversed(self.changes):
             self._restore_one(change)
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self._remove_staging()
 
     def discard(self) -> None:
         """Drop everything staged without touching published products."""
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self._remove_staging()
 
     def _install_one(self, change: _Change) -> None:
         final = change.final
