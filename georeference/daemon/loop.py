@@ -289,6 +289,13 @@ class JobLoop:
             ctx.products.restore()
             raise
         ctx.products.finish()
+        if ctx.search_updates_queued:
+            # Deliver the job's queued search updates now rather than at the next poll.
+            try:
+                self._flush_search_outbox()
+            except SQLAlchemyError as exc:
+                ctx.logger.warning("search updates stay queued: %s", _first_line(exc),
+                                   extra={"action": "outbox"})
 
     def _fail(self, claimed: ClaimedJob, message: str, ctx: JobContext) -> None:
         comment = "; ".join([message] + ctx.notes)

@@ -57,6 +57,7 @@ class JobContext:
     products: StagedProducts
     search_index: Any = None
     tile_pool: Any = None
+    search_updates_queued: bool = False
     notes: list[str] = field(default_factory=list)
     should_stop: Callable[[], bool] = lambda: False
     started: float = field(default_factory=time.monotonic)

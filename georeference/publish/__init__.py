@@ -88,11 +88,21 @@ def stage_mapfile(ctx: JobContext, raw_map: RawMap, image_final_path: str,
 
 
 def update_search_document(ctx: JobContext, raw_map_id: int) -> None:
-    """Bring the map's search document in line with the database state of this job."""
-    from georeference.publish.search import update_map_document
+    """Bring the map's search document in line with the database state of this job.
+
+    The embedded index is written in the job's transaction. An external index gets the
+    update through the outbox once the job has committed (see ``queue_map_update``).
+    """
+    from georeference.publish.search import (DatabaseIndex, queue_map_update,
+                                             update_map_document)
 
     ctx.session.flush()
-    update_map_document(ctx.session, ctx.settings, ctx.search_index, raw_map_id, ctx.logger)
+    if isinstance(ctx.search_index, DatabaseIndex):
+        update_map_document(ctx.session, ctx.settings, ctx.search_index, raw_map_id,
+                            ctx.logger)
+    else:
+        queue_map_update(ctx.session, raw_map_id)
+        ctx.search_updates_queued = True
 
 
 def withdraw_products(ctx: JobContext, raw_map: RawMap) -> None:

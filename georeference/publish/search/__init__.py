@@ -27,6 +27,7 @@ __all__ = [
     "INDEX_MAPPING", "DatabaseIndex", "ElasticsearchIndex", "SearchIndex",
     "SearchIndexUnavailable", "build_document", "find_documents_by_bbox", "flush_outbox",
     "get_document", "normalize_geometry", "open_index", "pending_outbox", "public_id",
+    "queue_map_update",
     "rebuild_index", "remove_map_document", "update_map_document",
 ]
 
@@ -38,6 +39,8 @@ JobLogger = Union[logging.Logger, "logging.LoggerAdapter[logging.Logger]"]
 def update_map_document(session: Session, settings: Settings, index: SearchIndex,
                         raw_map_id: int, logger: JobLogger) -> bool:
     """Build the document of a raw map and store it, or queue it when the index fails.
+
+    ``logger`` is the job's logger, which puts the job and map ids in front of each line.
 
     Call it as the job's last step before commit: Elasticsearch receives the document at
     once, so a later rollback would leave the index ahead of the database.
@@ -54,12 +57,11 @@ def update_map_document(session: Session, settings: Settings, index: SearchIndex
         index.upsert(session, doc_id, raw_map_id, document)
     except StorageError as exc:
         _queue_in_outbox(session, raw_map_id, exc)
-        logger.warning("map=%s search document %s not stored, queued for retry: %s",
-                       raw_map_id, doc_id, exc)
+        logger.warning("search document %s not stored, queued for retry: %s", doc_id, exc)
         return False
 
     _remove_from_outbox(session, raw_map_id)
-    logger.info("map=%s search document %s updated", raw_map_id, doc_id)
+    logger.info("search document %s updated", doc_id)
     return True
 
 
@@ -77,12 +79,11 @@ def remove_map_document(session: Session, settings: Settings, index: SearchIndex
         index.delete(session, doc_id, raw_map_id)
     except StorageError as exc:
         _queue_in_outbox(session, raw_map_id, exc)
-        logger.warning("map=%s search document %s not deleted, queued for retry: %s",
-                       raw_map_id, doc_id, exc)
+        logger.warning("search document %s not deleted, queued for retry: %s", doc_id, exc)
         return False
 
     _remove_from_outbox(session, raw_map_id)
-    logger.info("map=%s search document %s deleted", raw_map_id, doc_id)
+    logger.info("search document %s deleted", doc_id)
     return True
 
 
@@ -150,6 +151,18 @@ def flush_outbox(session: Session, settings: Settings, index: SearchIndex) -> tu
     session.flush()
     waiting = session.scalar(select(func.count()).select_from(SearchOutbox)) or 0
     return sent, waiting
+
+
+def queue_map_update(session: Session, raw_map_id: int) -> None:
+    """Queue the map's document in the outbox, in the caller's transaction.
+
+    This is the transactional outbox for an external index: the queued update commits
+    together with the job's changes, and ``flush_outbox`` sends it after the commit, so the
+    index is never ahead of the database and never loses an update.
+    """
+    if session.get(SearchOutbox, raw_map_id) is None:
+        session.add(SearchOutbox(raw_map_id=raw_map_id, queued=utcnow(), attempts=0))
+        session.flush()
 
 
 def pending_outbox(session: Session) -> list[SearchOutbox]:
