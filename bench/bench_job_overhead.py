@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from osgeo import gdal  # noqa: E402
-from sqlalchemy import func, insert, select, text  # noqa: E402
+from sqlalchemy import event, func, insert, select, text  # noqa: E402
 
 from georeference.daemon.loop import JobLoop  # noqa: E402
 from georeference.database import create_schema, make_engine  # noqa: E402
@@ -92,6 +92,9 @@ class OverheadRun:
     history_rows: int
     db_span_seconds: float
     """From the first job's ``started`` to the last job's ``finished``, as the database recorded it."""
+    statements: int
+    """SQL statements the runner sent during the run, including connection pings."""
+    commits: int
 
     @property
     def jobs_per_second(self) -> float:
@@ -160,8 +163,21 @@ def run_once(url: str, root: str, jobs: int) -> OverheadRun:
     """Process the queue with one JobLoop and check that every job completed."""
     settings = make_settings(url, root)
     engine = make_engine(settings.database_url)
+    counts = {"statements": 0, "commits": 0}
+
+    def count_statement(*_args: object) -> None:
+        counts["statements"] += 1
+
+    def count_commit(*_args: object) -> None:
+        counts["commits"] += 1
+
     constructed = time.perf_counter()
     loop = JobLoop(settings, engine, open_index(settings))
+    # Counted from here, so schema checks at construction are left out. The ping that
+    # pool_pre_ping sends at every checkout is not a cursor execute; it is counted apart.
+    event.listen(engine, "before_cursor_execute", count_statement)
+    event.listen(engine, "commit", count_commit)
+    event.listen(engine.pool, "checkout", count_statement)
     started = time.perf_counter()
     passes = 0
     try:
@@ -179,6 +195,9 @@ def run_once(url: str, root: str, jobs: int) -> OverheadRun:
         run_seconds = finished - started
     finally:
         loop.close()
+        event.remove(engine, "before_cursor_execute", count_statement)
+        event.remove(engine, "commit", count_commit)
+        event.remove(engine.pool, "checkout", count_statement)
 
     with engine.connect() as connection:
         completed = connection.scalar(
@@ -192,7 +211,8 @@ def run_once(url: str, root: str, jobs: int) -> OverheadRun:
         raise RuntimeError(f"expected {jobs} completed jobs, found {completed} "
                            f"({history} history rows)")
     return OverheadRun(started - constructed, run_seconds, passes, completed, history,
-                       (last_finish - first_start).total_seconds())
+                       (last_finish - first_start).total_seconds(), counts["statements"],
+                       counts["commits"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ", ".join(f"{run.db_span_seconds:.2f}" for run in runs) + " |",
         f"| run_pending() passes that did work | {statistics.median(run.passes for run in runs):.0f} | "
         + ", ".join(str(run.passes) for run in runs) + " |",
+        f"| round trips per job (statements + pool checkout pings) | "
+        f"{statistics.median(run.statements for run in runs) / args.jobs:.1f} | "
+        + ", ".join(f"{run.statements / args.jobs:.1f}" for run in runs) + " |",
+        f"| commits per job | {statistics.median(run.commits for run in runs) / args.jobs:.1f} | "
+        + ", ".join(f"{run.commits / args.jobs:.1f}" for run in runs) + " |",
         f"| JobLoop construction, s (not in the rate) | "
         f"{statistics.median(run.loop_start_seconds for run in runs):.2f} | "
         + ", ".join(f"{run.loop_start_seconds:.2f}" for run in runs) + " |",

@@ -16,7 +16,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from georeference.database import is_postgresql
@@ -30,11 +30,14 @@ RESOLVE_BATCH = 500
 # Map key for jobs that concern no single map (initialize_data, unreadable descriptions).
 NO_MAP = 0
 
+# A running job whose lease ran out is taken over only while its attempts are below the
+# limit; at the limit ``fail_exhausted`` fails it instead, and no runner may retake it in
+# between.
 _CLAIM_CANDIDATE = """
 SELECT j.id FROM jobs j
 WHERE j.raw_map_id IS NOT NULL
   AND ((j.state = 'not_started' AND (j.lease_expires IS NULL OR j.lease_expires <= :now))
-       OR (j.state = 'running' AND j.lease_expires < :now))
+       OR (j.state = 'running' AND j.lease_expires < :now AND j.attempts < :max_attempts))
   AND NOT EXISTS (
       SELECT 1 FROM jobs o
       WHERE j.raw_map_id <> 0 AND o.raw_map_id = j.raw_map_id
@@ -102,12 +105,16 @@ class JobStore:
                     .values(raw_map_id=_map_key(session, job_type, description)))
         return len(rows)
 
-    def claim_next(self) -> ClaimedJob | None:
-        """Claim the oldest claimable job, or return None when there is none."""
+    def claim_next(self, max_attempts: int) -> ClaimedJob | None:
+        """Claim the oldest claimable job, or return None when there is none.
+
+        A job abandoned by a dead runner is retaken only below ``max_attempts``.
+        """
         now = utcnow()
         query = _CLAIM_CANDIDATE + (" FOR UPDATE OF j SKIP LOCKED" if self.postgresql else "")
         with self.sessions.begin() as session:
-            job_id = session.execute(text(query), {"now": now}).scalar()
+            job_id = session.execute(text(query),
+                                     {"now": now, "max_attempts": max_attempts}).scalar()
             if job_id is None:
                 return None
             claimed = session.execute(
@@ -118,6 +125,23 @@ class JobStore:
                 .returning(Job.id, Job.type, Job.description, Job.raw_map_id, Job.attempts)
             ).one()
         return ClaimedJob(*claimed)
+
+    def seconds_until_due(self) -> float | None:
+        """Return the seconds until a job waiting on a time becomes claimable, or None.
+
+        Two kinds of job wait on a time rather than on a notification: one released after a
+        transient error (claimable when its retry delay ends) and one whose runner may have
+        died (claimable, or failed, when its lease runs out). The loop sleeps no longer than
+        this, so a long poll interval does not delay them.
+        """
+        now = utcnow()
+        with self.sessions() as session:
+            due = session.scalar(
+                select(func.min(Job.lease_expires))
+                .where(Job.state.in_(("not_started", "running")), Job.lease_expires > now))
+        if due is None:
+            return None
+        return max((due - now).total_seconds(), 0.0)
 
     def renew_lease(self, job_id: int) -> bool:
         """Extend the lease on a job; return False when another runner took it over."""
@@ -190,8 +214,13 @@ class JobStore:
         return result.rowcount
 
     def register(self) -> None:
-        """Record this runner in the runners table."""
+        """Record this runner in the runners table, dropping rows of long-dead runners.
+
+        A runner killed with SIGKILL never removes its row; rows without a heartbeat for
+        ten leases are deleted here so the table does not grow with every crash.
+        """
         with self.sessions.begin() as session:
+            session.execute(delete(Runner).where(Runner.heartbeat < utcnow() - 10 * self.lease))
             session.merge(Runner(id=self.runner_id, host=self.host, pid=self.pid,
                                  started=utcnow(), heartbeat=utcnow()))
 

@@ -23,7 +23,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
@@ -83,6 +83,10 @@ WARP_BATCH_BYTES = 16 * 1024 * 1024
 PENDING_BATCHES_PER_PROCESS = 3
 """Encoding batches in flight per worker before the warp waits, which bounds
 the memory held by tiles not yet written."""
+
+
+class TileBuildStopped(RuntimeError):
+    """Raised when the caller's ``should_stop`` asks a build to end (for a job time limit)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,7 @@ def build_tile_pyramid(
     processes: int = 2,
     title: str = "",
     pool: multiprocessing.pool.Pool | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TilePyramid:
     """Warp a raster once into Web Mercator tiles and write the whole pyramid.
 
@@ -220,12 +225,15 @@ def build_tile_pyramid(
         title: Title written into tilemapresource.xml.
         pool: A process pool to encode tiles in, kept by the caller across builds;
             without one, a pool of ``processes`` spawned workers is made per build.
+        should_stop: Polled before each strip is warped; when it returns True the
+            build ends with ``TileBuildStopped``, leaving a partial output folder.
 
     Returns:
         The zoom range written and the number and total size of the tiles.
 
     Raises:
         ValueError: If an argument is invalid or the source has no georeferencing.
+        TileBuildStopped: If ``should_stop`` returned True.
     """
     _validate_arguments(layout, min_zoom, max_zoom, max_zoom_cap, processes)
     source = _open_source(source_path)
@@ -258,6 +266,8 @@ def build_tile_pyramid(
             reducer = _PyramidReducer(low_zoom, high_zoom, writer)
             warper = _StripWarper(source, transformer_options, processes)
             for row, strip in warper.warp_rows(warp_range):
+                if should_stop is not None and should_stop():
+                    raise TileBuildStopped(f"tile build of {source_path} stopped at row {row}")
                 if clip is not None:
                     clip.apply(strip, warp_range, row)
                 reducer.add_row(warp_zoom, row, warp_range.min_col, strip)

@@ -32,7 +32,7 @@ def stage_tiles(ctx: JobContext, raw_map: RawMap, spec: TransformationSpec,
             gcp_vrt, staged, transformer_options=spec.transformer_options, clip_wkt=clip_wkt,
             min_zoom=settings.tms_min_zoom, max_zoom_cap=settings.tms_max_zoom,
             layout=settings.tms_layout, processes=settings.tms_processes,
-            title=raw_map.file_name, pool=ctx.tile_pool)
+            title=raw_map.file_name, pool=ctx.tile_pool, should_stop=ctx.should_stop)
     except ValueError as exc:
         raise JobInputError(f"cannot cut tiles: {exc}") from None
     except (OSError, RuntimeError) as exc:

@@ -289,7 +289,7 @@ def test_es_unreachable_queues_in_outbox(session_factory, es_settings, es_index,
     warnings = [record.getMessage() for record in caplog.records
                 if record.name == job_logger.name]
     assert len(warnings) == 1
-    assert warnings[0].startswith("map=7 search document oai:de:slub-dresden:vk:id-7 "
+    assert warnings[0].startswith("search document oai:de:slub-dresden:vk:id-7 "
                                   "not stored, queued for retry")
     assert error_text in warnings[0]
 
