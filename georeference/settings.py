@@ -60,7 +60,7 @@ _KEYS: dict[str, tuple[str, str, Any]] = {
     "georeference.job.max_attempts": ("max_attempts", "int", 3),
     # Seconds a job may run before it is stopped and marked failed.
     "georeference.job.time_limit": ("time_limit", "float", 3600.0),
-    # Longest wait, in seconds, before a job that hit a transient error is tried again.
+    # Maximum delay, in seconds, before a job that hit a transient error is tried again.
     "georeference.job.retry_backoff_max": ("retry_backoff_max", "float", 300.0),
     # GDAL block cache for warping and tiling, in megabytes.
     "georeference.gdal.cache_mb": ("gdal_cache_mb", "int", 128),

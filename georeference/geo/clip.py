@@ -18,10 +18,22 @@ ogr.UseExceptions()
 _POLYGONAL = (ogr.wkbPolygon, ogr.wkbMultiPolygon)
 
 
+def largest_polygon(geometry: ogr.Geometry) -> ogr.Geometry | None:
+    """Return a copy of the part with the largest area, or None when no part has an area.
+
+    ``MakeValid`` splits a bow-tie into a multipolygon and may return a collection with
+    lines or points besides the polygons.
+    """
+    candidates = [part for part in _polygon_parts(geometry) if part.GetArea() > 0.0]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda part: part.GetArea())
+
+
 def _polygon_parts(geometry: ogr.Geometry) -> list[ogr.Geometry]:
     flat_type = ogr.GT_Flatten(geometry.GetGeometryType())
     if flat_type == ogr.wkbPolygon:
-        return [geometry]
+        return [geometry.Clone()]
     if flat_type in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
         parts: list[ogr.Geometry] = []
         for index in range(geometry.GetGeometryCount()):
@@ -60,10 +72,9 @@ def parse_clip(geojson_text: str | None) -> ogr.Geometry | None:
 
     if not geometry.IsValid():
         geometry = geometry.MakeValid()
-    parts = [part for part in _polygon_parts(geometry) if part.GetArea() > 0]
-    if not parts:
+    largest = largest_polygon(geometry)
+    if largest is None:
         raise JobInputError("clip polygon has no area after repairing it")
-    largest = max(parts, key=lambda part: part.GetArea())
 
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(4326)

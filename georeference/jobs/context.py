@@ -1,4 +1,4 @@
-"""What a job handler receives: the job, its database session, settings and a logger."""
+"""The job context handed to handlers: the job, its database session, settings and logger."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Publishing steps: TMS tiles, MapServer mapfile and search document of an enabled map.
 
 Each step builds its product in the job's staging folder and registers it with the job's
-``StagedProducts``; nothing reaches the published roots before the loop installs them.
+``StagedProducts``. Nothing reaches the published roots before the loop installs them.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from osgeo import gdal, ogr
 from sqlalchemy.orm import Session
 
 from georeference.errors import ConfigurationError, JobInputError
+from georeference.geo.clip import largest_polygon
 from georeference.models import GeorefMap, Metadata, RawMap, Transformation
 from georeference.publish.mapfile import sanitize_layer_name
 from georeference.settings import Settings
@@ -71,7 +72,7 @@ def normalize_geometry(geojson_text: str | None) -> dict[str, Any] | None:
         geometry = geometry.MakeValid()
     geometry = _fit_world_bounds(geometry)
 
-    polygon = _largest_polygon(geometry)
+    polygon = largest_polygon(geometry)
     if polygon is None:
         return None
 
@@ -201,30 +202,6 @@ def _box(west: float, south: float, east: float, north: float) -> ogr.Geometry:
     polygon = ogr.Geometry(ogr.wkbPolygon)
     polygon.AddGeometry(ring)
     return polygon
-
-
-def _largest_polygon(geometry: ogr.Geometry) -> ogr.Geometry | None:
-    """Return the polygon with the largest area among the parts, or None when none has area.
-
-    MakeValid splits a bow-tie into a multipolygon and may return a collection with lines
-    or points. A search document keeps one polygon so that its footprint stays simple.
-    """
-    candidates = [part for part in _polygon_parts(geometry) if part.GetArea() > 0.0]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda part: part.GetArea())
-
-
-def _polygon_parts(geometry: ogr.Geometry) -> list[ogr.Geometry]:
-    kind = ogr.GT_Flatten(geometry.GetGeometryType())
-    if kind == ogr.wkbPolygon:
-        return [geometry.Clone()]
-    if kind in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
-        parts: list[ogr.Geometry] = []
-        for index in range(geometry.GetGeometryCount()):
-            parts.extend(_polygon_parts(geometry.GetGeometryRef(index)))
-        return parts
-    return []
 
 
 def _orient_polygon(coordinates: list[Ring]) -> dict[str, Any]:
