@@ -7,7 +7,6 @@ State and University Library Dresden, with its four neatline corners as GCPs in 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from typing import Sequence
@@ -63,17 +62,19 @@ def load_sample(session: Session, queue_job: bool = True) -> int:
                            map_type="M", default_crs=4314, rel_path=SAMPLE_REL_PATH,
                            map_scale=25000, allow_download=True))
         session.flush()
+        # Catalogue values of the sample are placeholders: the scan shows the country around
+        # Aalen (Wuerttemberg), and the links point to example.org, not to a real catalogue.
         session.add(Metadata(
-            raw_map_id=SAMPLE_MAP_ID, title="Messtischblatt 6924: Gaildorf (sample)",
-            title_short="Gaildorf", title_serie="Messtischblatt 1:25 000",
-            description="Topographic map sheet, Prussian survey", measures="46 x 46 cm",
-            type="Messtischblatt", technic="Lithografie", ppn="df_dk_0010001_6924",
-            permalink="http://digital.slub-dresden.de/id335921620",
-            license="CC-BY-SA 4.0", owner="SLUB Dresden",
-            link_zoomify="http://fotothek.slub-dresden.de/zooms/df_dk_0010001_6924/ImageProperties.xml",
-            time_of_publication=dt.datetime(1912, 1, 1),
-            link_thumb_small="http://fotothek.slub-dresden.de/thumbs/df_dk_0010001_6924.jpg",
-            link_thumb_mid="http://fotothek.slub-dresden.de/mids/df_dk_0010001_6924.jpg"))
+            raw_map_id=SAMPLE_MAP_ID, title="Messtischblatt, Aalen (sample scan)",
+            title_short="Aalen (sample)", title_serie="Messtischblatt 1:25 000",
+            description="Topographic map sheet 1:25,000 with its neatline corners as GCPs",
+            measures="8382 x 9089 px", type="Messtischblatt", technic="Lithografie",
+            ppn="sample-test-mtb", permalink="https://example.org/vk/sample/test-mtb",
+            license="CC-BY-SA 4.0", owner="SLUB Dresden / Deutsche Fotothek",
+            link_zoomify="https://example.org/vk/sample/test-mtb/ImageProperties.xml",
+            time_of_publication=None,
+            link_thumb_small="https://example.org/vk/sample/test-mtb-small.jpg",
+            link_thumb_mid="https://example.org/vk/sample/test-mtb-mid.jpg"))
 
     transformation = session.query(Transformation).filter_by(raw_map_id=SAMPLE_MAP_ID).first()
     if transformation is None:
