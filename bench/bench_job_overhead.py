@@ -1,7 +1,7 @@
 """Measure the job loop's own cost per job: 1000 ``transformation_set_valid`` jobs on PostgreSQL.
 
 Each job marks a transformation valid for a map that already has a ``georef_maps`` row, so
-the handler does no GDAL work: what is timed is the queue (resolve, claim, lease, finish,
+the handler does no GDAL work. What is timed is the queue (resolve, claim, lease, finish,
 history row), the session and staging set-up per job, and the handler's two lookups. That is
 the fixed cost every job pays before and after its real work.
 
@@ -49,6 +49,7 @@ from georeference.publish.search import open_index  # noqa: E402
 from georeference.sample import sample_params  # noqa: E402
 from georeference.settings import Settings, build_settings  # noqa: E402
 from tests.pgcluster import PostgresCluster  # noqa: E402
+from bench.bench_pipeline import source_state  # noqa: E402
 
 gdal.UseExceptions()
 
@@ -83,7 +84,7 @@ class OverheadRun:
     """One pass of the runner over the queued jobs."""
 
     loop_start_seconds: float
-    """Constructing the JobLoop (engine checks, the encoder pool fork)."""
+    """Seconds to construct the JobLoop, mostly forking the encoder pool."""
     run_seconds: float
     """From the first run_pending() call until the last returned with nothing left."""
     passes: int
@@ -190,9 +191,9 @@ def run_once(url: str, root: str, jobs: int) -> OverheadRun:
             if summary.failed or summary.released:
                 raise RuntimeError(f"jobs did not complete: failed {summary.failed[:5]}, "
                                    f"released {summary.released[:5]}")
-        finished = time.perf_counter()
-        # The last, empty pass only confirms that nothing is left; it is not job work.
-        run_seconds = finished - started
+        # The last, empty pass (a few queries that find nothing) is included, as a
+        # daemon pays it too before it goes to sleep.
+        run_seconds = time.perf_counter() - started
     finally:
         loop.close()
         event.remove(engine, "before_cursor_execute", count_statement)
@@ -257,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = "\n".join([
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; date {datetime.date.today().isoformat()}; "
         f"PostgreSQL {server_version} on 127.0.0.1 (fsync={fsync}, synchronous_commit={synchronous}); "
-        f"{args.jobs} transformation_set_valid jobs, {args.repeat} repetitions on fresh databases.",
+        f"{args.jobs} transformation_set_valid jobs, {args.repeat} repetitions on fresh databases; "
+        f"{source_state()}.",
         "",
         "| figure | median | runs |",
         "|---|---|---|",

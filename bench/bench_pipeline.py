@@ -1,20 +1,21 @@
-"""Benchmark the old gdalwarp + gdal2tiles tiling pipeline against build_tile_pyramid.
+"""Benchmark the old gdalwarp + gdal2tiles pipeline against the transformation_process job.
 
-Runs the OLD pipeline (GCP VRT, gdalwarp -order 1, gdaladdo, gdal2tiles.py,
-Pillow palette pass) as real commands and the NEW path (one warp from the raw
-scan into the tile grid) in child processes, alternating them, and prints the
-median seconds per stage, the old/new ratio, the peak RSS of each child, the
-tiles and bytes written, and whether the two tile sets agree. It also times a
-lower bound (PNG encoding of the same tiles from memory on all cores).
+In one run, alternating, ``--repeat`` times each on the same scan and zoom range:
+
+- OLD: GCP VRT, gdalwarp -order 1, gdaladdo 2 4 8 16 32, gdal2tiles.py --processes=2
+  --resampling=average, Pillow palette pass; real commands, one child process per stage;
+- JOB: the whole ``transformation_process`` job (geo image with overviews, tiles, mapfile,
+  search document) through the real job loop in a child process (``job_pipeline.py``);
+- TILES: ``build_tile_pyramid`` alone from the raw scan's GCPs in a child process.
+
+Printed: median seconds per stage and in total, the old/new ratios, the peak memory of each
+child, and the tiles and bytes written. Also printed: a lower bound for tiling (encoding the same
+PNGs from memory on both cores) and whether the old and new tile sets agree.
 
 Usage (from the repository root):
-    /tmp/venvtest/bin/python bench/bench_pipeline.py --repeat 3 --write-readme
-    /tmp/venvtest/bin/python bench/bench_pipeline.py --max-zoom native --skip-old
-    /tmp/venvtest/bin/python bench/bench_pipeline.py --large --skip-old
-
-The NEW path is any callable ``module:function`` with the signature of
-``tile_scan_directly`` below (``--new-callable``), so the full job can be
-plugged in later.
+    python_env/bin/python bench/bench_pipeline.py --repeat 3 --write-readme
+    python_env/bin/python bench/bench_pipeline.py --max-zoom native --repeat 2 --write-readme
+    python_env/bin/python bench/bench_pipeline.py --large --paths job --repeat 1 --write-readme
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +64,15 @@ SAMPLE_GCPS: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
 LARGE_SIZE = (40000, 30000)
 OPAQUE_ALPHA = 128
 """Alpha from which a pixel counts as opaque in the agreement checks."""
-README_START = "<!-- results:start -->"
-README_END = "<!-- results:end -->"
+README_MARKERS = {"sample": "results", "native": "native", "large": "large"}
+"""Name of the README section (``<!-- NAME:start -->`` … ``<!-- NAME:end -->``) per kind of run."""
+MEMORY_SAMPLE_SECONDS = 0.1
+"""Interval at which the memory of a child's process tree is sampled."""
+PATHS = ("old", "job", "tiles")
 
 GcpList = Sequence[tuple[tuple[float, float], tuple[float, float]]]
-NewPath = Callable[[str, GcpList, str, str, int | None, int | None], str]
+NewPath = Callable[[str, GcpList, str, str, int | None, int | None], "str | dict[str, Any]"]
+"""A NEW path: returns its tile folder, or a dict with ``tile_dir`` and figures of its own."""
 
 
 def tile_scan_directly(
@@ -97,42 +104,141 @@ def write_gcp_vrt(scan_path: str, gcps: GcpList, gcp_srs: str, vrt_path: str) ->
 
 @dataclass
 class StageRun:
+    """One child process: wall time and memory."""
+
     seconds: float
-    peak_rss_mb: float
+    max_rss_mb: float
+    """ru_maxrss from wait4: the largest single process of the child's tree."""
+    tree_pss_mb: float
+    """Peak of the summed PSS of the child and all its descendants, sampled every 0.1 s."""
 
 
 @dataclass
 class PipelineRuns:
+    """Runs of one pipeline, stage by stage, in repetition order."""
+
     stages: dict[str, list[StageRun]] = field(default_factory=dict)
 
     def add(self, stage: str, run: StageRun) -> None:
         self.stages.setdefault(stage, []).append(run)
 
+    def seconds(self, stage: str) -> list[float]:
+        return [run.seconds for run in self.stages[stage]]
+
     def median_seconds(self, stage: str) -> float:
-        return statistics.median(run.seconds for run in self.stages[stage])
+        return statistics.median(self.seconds(stage))
+
+    def totals(self) -> list[float]:
+        repeats = len(next(iter(self.stages.values())))
+        return [sum(runs[i].seconds for runs in self.stages.values()) for i in range(repeats)]
 
     def median_total(self) -> float:
-        repeats = len(next(iter(self.stages.values())))
-        totals = [sum(runs[i].seconds for runs in self.stages.values()) for i in range(repeats)]
-        return statistics.median(totals)
+        return statistics.median(self.totals())
 
-    def peak_rss_mb(self, stage: str | None = None) -> float:
+    def max_rss_mb(self, stage: str | None = None) -> float:
         names = [stage] if stage else list(self.stages)
-        return max(run.peak_rss_mb for name in names for run in self.stages[name])
+        return max(run.max_rss_mb for name in names for run in self.stages[name])
+
+    def tree_pss_mb(self, stage: str | None = None) -> float:
+        names = [stage] if stage else list(self.stages)
+        return max(run.tree_pss_mb for name in names for run in self.stages[name])
+
+
+def _descendants(root: int) -> list[int]:
+    """Return ``root`` and every live process below it, from the parent pids in /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                # The command name in parentheses may hold spaces; fields after it are fixed.
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        tree.append(pid)
+        queue.extend(parents.get(pid, ()))
+    return tree
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class TreeMemorySampler(threading.Thread):
+    """Sample the summed PSS of a process tree until stopped; keep the peak.
+
+    ru_maxrss only reports the largest single process, but a job runs a main process and
+    encoder workers side by side. PSS splits pages shared after a fork among the sharers,
+    so the sum is the tree's real footprint rather than a double count.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(MEMORY_SAMPLE_SECONDS):
+            total = sum(_pss_kib(pid) for pid in _descendants(self.pid))
+            self.peak_kib = max(self.peak_kib, total)
+
+    def stop(self) -> float:
+        """Stop sampling and return the peak in MiB."""
+        self._stop_event.set()
+        self.join()
+        return self.peak_kib / 1024.0
+
+
+def source_state() -> str:
+    """Return the commit the package is at and whether its files differ from it, for the report.
+
+    Figures only mean something together with the code they measured, and the package may
+    change while a benchmark runs.
+    """
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "georeference"], cwd=root,
+                                 check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "package version unknown (git failed)"
+    return f"package at commit {commit}" + (" with uncommitted changes in georeference/" if changed else "")
 
 
 def run_child(arguments: Sequence[str]) -> StageRun:
-    """Run a command, wait for it with wait4 and return its wall time and peak RSS (MiB)."""
+    """Run a command, wait for it with wait4 and return its wall time and memory."""
     start = time.perf_counter()
     process = subprocess.Popen(list(arguments), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = TreeMemorySampler(process.pid)
+    sampler.start()
+    # stderr is read in a thread, so a chatty child cannot block on a full pipe.
+    stderr_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
+    reader.start()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
+    tree_pss = sampler.stop()
+    reader.join()
     process.returncode = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    stderr = b"".join(stderr_chunks).decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"Command failed with exit code {process.returncode}: {arguments}\n{stderr[-2000:]}")
     # ru_maxrss is in KiB on Linux and covers the child and the descendants it waited for.
-    return StageRun(seconds, usage.ru_maxrss / 1024.0)
+    return StageRun(seconds, usage.ru_maxrss / 1024.0, tree_pss)
 
 
 def run_old_pipeline(work_dir: Path, scan: str, gcps: GcpList, min_zoom: int, max_zoom: int) -> tuple[PipelineRuns, Path]:
@@ -168,16 +274,29 @@ def palette_pass(tile_dir: str) -> None:
         rgba.quantize(256, method=Image.Quantize.FASTOCTREE).save(path, format="PNG")
 
 
-def run_new_path(work_dir: Path, callable_name: str, scan: str, gcps: GcpList, min_zoom: int | None, max_zoom: int | None) -> tuple[PipelineRuns, Path]:
-    runs = PipelineRuns()
-    tile_dir = work_dir / "new_tiles"
+@dataclass
+class NewRun:
+    """One run of a NEW path: the child's measurement and what the path reported itself."""
+
+    child: StageRun
+    tile_dir: Path
+    details: dict[str, Any]
+
+
+def run_new_path(work_dir: Path, name: str, callable_name: str, scan: str, gcps: GcpList,
+                 min_zoom: int | None, max_zoom: int | None) -> NewRun:
+    """Run a NEW path in a child process; its result dict comes back through a JSON file."""
+    tile_dir = work_dir / f"{name}_tiles"
+    result_path = work_dir / f"{name}_result.json"
     shutil.rmtree(tile_dir, ignore_errors=True)
+    result_path.unlink(missing_ok=True)
     request = json.dumps({
-        "callable": callable_name, "scan": scan, "gcps": gcps,
-        "output_dir": str(tile_dir), "min_zoom": min_zoom, "max_zoom": max_zoom,
+        "callable": callable_name, "scan": scan, "gcps": gcps, "output_dir": str(tile_dir),
+        "min_zoom": min_zoom, "max_zoom": max_zoom, "result_path": str(result_path),
     })
-    runs.add("tiling", run_child([sys.executable, __file__, "_new-path", request]))
-    return runs, tile_dir
+    child = run_child([sys.executable, __file__, "_new-path", request])
+    details = json.loads(result_path.read_text(encoding="utf-8"))
+    return NewRun(child, Path(details["tile_dir"]), details)
 
 
 def load_callable(name: str) -> NewPath:
@@ -304,25 +423,28 @@ def make_large_scan(work_dir: Path) -> tuple[str, GcpList]:
 
 
 def print_table(rows: list[list[str]]) -> str:
+    """Return rows as a Markdown table with padded columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    text = "\n".join(lines)
-    print(text)
-    return text
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each pipeline, alternating (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each path, alternating (default 3)")
     parser.add_argument("--min-zoom", type=int, default=0, help="lowest zoom (default 0)")
     parser.add_argument("--max-zoom", default="15", help="highest zoom, or 'native' for the scan's native zoom (default 15)")
     parser.add_argument("--work-dir", default="/tmp/bench_pipeline", help="scratch directory, never committed (default /tmp/bench_pipeline)")
-    parser.add_argument("--new-callable", default="bench.bench_pipeline:tile_scan_directly", help="NEW path as module:function")
-    parser.add_argument("--skip-old", action="store_true", help="run only the NEW path")
-    parser.add_argument("--large", action="store_true", help="tile a ~40000 x 30000 repeat of the sample with the NEW path and report its peak RSS")
-    parser.add_argument("--write-readme", action="store_true", help="write the results table into bench/README.md")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated paths to run, of {', '.join(PATHS)} (default all)")
+    parser.add_argument("--job-callable", default="bench.job_pipeline:run_transformation_job", help="the job path as module:function")
+    parser.add_argument("--tiles-callable", default="bench.bench_pipeline:tile_scan_directly", help="the tile-only path as module:function")
+    parser.add_argument("--large", action="store_true", help="use a ~40000 x 30000 repeat of the sample as the scan")
+    parser.add_argument("--write-readme", action="store_true", help="write the results into bench/README.md")
     args = parser.parse_args(argv)
+    paths = [name.strip() for name in args.paths.split(",") if name.strip()]
+    if not paths or set(paths) - set(PATHS):
+        parser.error(f"--paths takes a comma-separated subset of {', '.join(PATHS)}")
 
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -330,23 +452,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.large:
         scan, gcps = make_large_scan(work_dir)
     max_zoom = native_max_zoom(scan, gcps, work_dir) if args.max_zoom == "native" else int(args.max_zoom)
-    print(f"source {scan}, zoom {args.min_zoom}-{max_zoom}, GDAL {gdal.__version__}, {os.cpu_count()} cores")
+    load = os.getloadavg()
+    print(f"source {scan}, zoom {args.min_zoom}-{max_zoom}, GDAL {gdal.__version__}, {os.cpu_count()} cores, "
+          f"load average before {load[0]:.2f}")
 
-    old_runs, new_runs = PipelineRuns(), PipelineRuns()
-    old_dir = new_dir = None
+    old_runs = PipelineRuns()
+    new_runs: dict[str, list[NewRun]] = {"job": [], "tiles": []}
+    callables = {"job": args.job_callable, "tiles": args.tiles_callable}
+    old_dir: Path | None = None
     for repetition in range(args.repeat):
-        if not args.skip_old:
+        if "old" in paths:
             runs, old_dir = run_old_pipeline(work_dir, scan, gcps, args.min_zoom, max_zoom)
             merge(old_runs, runs)
-            print(f"old run {repetition + 1}: {sum(r[-1].seconds for r in runs.stages.values()):.2f} s")
-        runs, new_dir = run_new_path(work_dir, args.new_callable, scan, gcps, args.min_zoom, max_zoom)
-        merge(new_runs, runs)
-        print(f"new run {repetition + 1}: {runs.median_total():.2f} s, peak RSS {runs.peak_rss_mb():.0f} MiB")
+            print(f"run {repetition + 1} old:   {runs.totals()[0]:7.2f} s")
+        for name in ("job", "tiles"):
+            if name not in paths:
+                continue
+            run = run_new_path(work_dir, name, callables[name], scan, gcps, args.min_zoom, max_zoom)
+            new_runs[name].append(run)
+            inside = run.details.get("job_seconds")
+            print(f"run {repetition + 1} {name + ':':6} {run.child.seconds:7.2f} s child"
+                  + (f", {inside:.2f} s job" if inside is not None else "")
+                  + f", max RSS {run.child.max_rss_mb:.0f} MiB, tree PSS {run.child.tree_pss_mb:.0f} MiB")
 
-    assert new_dir is not None
-    report = build_report(args, old_runs, new_runs, old_dir, new_dir, work_dir, max_zoom)
+    report = build_report(args, paths, old_runs, old_dir, new_runs, work_dir, max_zoom, load[0])
+    print()
+    print(report)
     if args.write_readme:
-        write_readme(report)
+        kind = "sample"
+        if args.large:
+            kind = "large"
+        elif args.max_zoom == "native":
+            kind = "native"
+        write_readme(README_MARKERS[kind], report)
     return 0
 
 
@@ -357,6 +495,7 @@ def merge(target: PipelineRuns, source: PipelineRuns) -> None:
 
 
 def native_max_zoom(scan: str, gcps: GcpList, work_dir: Path) -> int:
+    """Return the zoom build_tile_pyramid picks by default for the scan (its native resolution)."""
     vrt_path = str(work_dir / "native.vrt")
     write_gcp_vrt(scan, gcps, SAMPLE_GCP_SRS, vrt_path)
     source = tiles._open_source(vrt_path)
@@ -364,59 +503,128 @@ def native_max_zoom(scan: str, gcps: GcpList, work_dir: Path) -> int:
     return tiles.native_zoom(resolution)
 
 
-def build_report(args: argparse.Namespace, old_runs: PipelineRuns, new_runs: PipelineRuns, old_dir: Path | None, new_dir: Path, work_dir: Path, max_zoom: int) -> str:
-    new_total = new_runs.median_total()
-    new_count, new_bytes = tile_stats(new_dir)
-    rows = [["stage", "median s", "peak RSS MiB", "tiles", "bytes"]]
+def _memory_text(mib: float) -> str:
+    """Return a sampled memory figure, or a dash when the child ended before the first sample."""
+    return f"{mib:.0f}" if mib > 0 else "-"
+
+
+def _runs_text(values: Sequence[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values)
+
+
+def _median_of(runs: list[NewRun], key: str) -> float:
+    return statistics.median(float(run.details[key]) for run in runs)
+
+
+def build_report(args: argparse.Namespace, paths: list[str], old_runs: PipelineRuns, old_dir: Path | None,
+                 new_runs: dict[str, list[NewRun]], work_dir: Path, max_zoom: int, load_before: float) -> str:
+    """Return the results as Markdown: the timing table, ratios, the job's steps and the agreement."""
+    header = ["path / stage", "median s", "runs s", "max RSS 1 proc MiB", "tree PSS MiB", "tiles", "bytes"]
+    rows = [header]
     if old_dir is not None:
         for stage in old_runs.stages:
-            rows.append([f"old {stage}", f"{old_runs.median_seconds(stage):.2f}", f"{old_runs.peak_rss_mb(stage):.0f}", "", ""])
+            rows.append([f"old {stage}", f"{old_runs.median_seconds(stage):.2f}", _runs_text(old_runs.seconds(stage)),
+                         f"{old_runs.max_rss_mb(stage):.0f}", _memory_text(old_runs.tree_pss_mb(stage)), "", ""])
         old_count, old_bytes = tile_stats(old_dir)
-        rows.append(["old total", f"{old_runs.median_total():.2f}", f"{old_runs.peak_rss_mb():.0f}", str(old_count), str(old_bytes)])
-    rows.append(["new tiling (warp included)", f"{new_total:.2f}", f"{new_runs.peak_rss_mb():.0f}", str(new_count), str(new_bytes)])
+        warped_bytes = (work_dir / "old_warped.tif").stat().st_size
+        rows.append(["**old total**", f"**{old_runs.median_total():.2f}**", _runs_text(old_runs.totals()),
+                     f"{old_runs.max_rss_mb():.0f}", f"{old_runs.tree_pss_mb():.0f}", str(old_count),
+                     f"{old_bytes} tiles + {warped_bytes} GeoTIFF"])
+    job_runs, tile_runs = new_runs["job"], new_runs["tiles"]
+    if job_runs:
+        job_count, job_bytes = tile_stats(job_runs[-1].tile_dir)
+        details = job_runs[-1].details
+        rows.append(["**new job, in-process** (JobLoop.run_pending)", f"**{_median_of(job_runs, 'job_seconds'):.2f}**",
+                     _runs_text([run.details["job_seconds"] for run in job_runs]), "", "", str(job_count),
+                     f"{job_bytes} tiles + {details['geo_image_bytes']} COG + {details['mapfile_bytes']} mapfile"])
+        rows.append(["new job child (interpreter start-up, schema set-up, job)",
+                     f"{statistics.median(run.child.seconds for run in job_runs):.2f}",
+                     _runs_text([run.child.seconds for run in job_runs]),
+                     f"{max(run.child.max_rss_mb for run in job_runs):.0f}",
+                     f"{max(run.child.tree_pss_mb for run in job_runs):.0f}", "", ""])
+    lower_bound = None
+    if tile_runs:
+        tile_count, tile_bytes = tile_stats(tile_runs[-1].tile_dir)
+        rows.append(["new tile-only child (build_tile_pyramid from the raw scan)",
+                     f"{statistics.median(run.child.seconds for run in tile_runs):.2f}",
+                     _runs_text([run.child.seconds for run in tile_runs]),
+                     f"{max(run.child.max_rss_mb for run in tile_runs):.0f}",
+                     f"{max(run.child.tree_pss_mb for run in tile_runs):.0f}", str(tile_count), str(tile_bytes)])
+        lower_bound = encoding_lower_bound(tile_runs[-1].tile_dir, work_dir, 2)
+        rows.append(["lower bound: encode the same PNGs from memory, 2 processes", f"{lower_bound:.2f}", "", "", "", "", ""])
 
-    lower_bound = encoding_lower_bound(new_dir, work_dir, 2)
-    rows.append(["lower bound: encode same PNGs from memory, 2 processes", f"{lower_bound:.2f}", "", "", ""])
-    print()
+    load_after = os.getloadavg()[0]
+    source = "large_scan.vrt (the sample repeated to 40000 x 30000)" if args.large else os.path.basename(SAMPLE_SCAN)
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
-        f"date {datetime.date.today().isoformat()}; GDAL {gdal.__version__}; "
-        f"source {'large_scan.vrt (sample repeated to 40000 x 30000)' if args.large else os.path.basename(SAMPLE_SCAN)}; "
-        f"zoom {args.min_zoom}-{max_zoom}; {args.repeat} repetitions, medians.",
+        f"date {datetime.date.today().isoformat()}; GDAL {gdal.__version__}; source {source}; "
+        f"zoom {args.min_zoom}-{max_zoom}; {args.repeat} repetition(s) of {', '.join(paths)}, alternating; medians; "
+        f"1-minute load average {load_before:.2f} before, {load_after:.2f} after; {source_state()}.",
         "",
         print_table(rows),
         "",
     ]
-    lines.append(f"Ratio tiling / lower bound: {new_total / lower_bound:.2f} (target <= 2)")
+    if job_runs:
+        steps = job_runs[-1].details["steps"]
+        phases = job_runs[-1].details["geo_image_phases"]
+        lines.append("Job steps, seconds after run_pending() started (last run; the geo image and the tiles run "
+                     "side by side): " + ", ".join(f"{action} {at:.2f}" for action, at in steps.items())
+                     + (f"; geo image phases: warp {phases[0]:.2f}, overviews {phases[1]:.2f}, COG copy {phases[2]:.2f}"
+                        if len(phases) == 3 else ""))
+    if old_dir is not None and job_runs:
+        old_total = old_runs.median_total()
+        lines.append(f"Ratio old total / new job in-process: **{old_total / _median_of(job_runs, 'job_seconds'):.1f}x** (target >= 8x)")
+        lines.append(f"Ratio old total / new job child: {old_total / statistics.median(r.child.seconds for r in job_runs):.1f}x")
+        # Runs of one repetition follow each other closely, so their ratio suffers less from
+        # load that changes over the run than the ratio of medians does.
+        pairs = [old / run.details["job_seconds"] for old, run in zip(old_runs.totals(), job_runs)]
+        lines.append("Ratio old total / new job in-process per repetition: "
+                     + ", ".join(f"{ratio:.1f}x" for ratio in pairs) + f" (median {statistics.median(pairs):.1f}x)")
+    if old_dir is not None and tile_runs:
+        old_tiling = old_runs.median_seconds("gdal2tiles") + old_runs.median_seconds("palette_pass")
+        lines.append(f"Ratio old gdal2tiles + palette / new tile-only: "
+                     f"{old_tiling / statistics.median(r.child.seconds for r in tile_runs):.1f}x")
+    if lower_bound is not None:
+        lines.append(f"Ratio tile-only / lower bound: {statistics.median(r.child.seconds for r in tile_runs) / lower_bound:.2f} "
+                     "(target <= 2)")
     if old_dir is not None:
-        lines.append(f"Ratio old total / new tiling: {old_runs.median_total() / new_total:.1f}x")
-        lines.append(f"Ratio old gdal2tiles / new tiling: {old_runs.median_seconds('gdal2tiles') / new_total:.1f}x")
-        agreement = compare_tile_sets(old_dir, new_dir)
-        iou = ", ".join(f"z{zoom} {value:.3f}" for zoom, value in agreement.iou_by_zoom.items())
-        lines += [
-            f"Tile sets: {agreement.only_old} only in old, {agreement.only_new} only in new, "
-            f"{agreement.only_visible} of those with >= 1 % opaque area (must be 0)",
-            f"Opaque-mask IoU per zoom (must be >= 0.98): {iou}",
-            f"Median per-tile PSNR on pixels opaque in both (must be >= 25 dB): {agreement.median_psnr_db:.1f} dB",
-            f"Agreement: {'PASS' if agreement.passed else 'FAIL'}",
-        ]
-    for line in lines[4:]:
-        print(line)
+        for name, runs in (("job", job_runs), ("tile-only", tile_runs)):
+            if runs:
+                lines += agreement_lines(f"old vs new {name}", compare_tile_sets(old_dir, runs[-1].tile_dir))
     return "\n".join(lines)
 
 
-def write_readme(report: str) -> None:
+def agreement_lines(title: str, agreement: Agreement) -> list[str]:
+    """Return the agreement figures as report lines."""
+    iou = ", ".join(f"z{zoom} {value:.3f}" for zoom, value in agreement.iou_by_zoom.items())
+    return [
+        "",
+        f"Agreement, {title}: **{'PASS' if agreement.passed else 'FAIL'}**",
+        f"- tiles only in old {agreement.only_old}, only in new {agreement.only_new}; "
+        f"of those with >= 1 % opaque area: {agreement.only_visible} (must be 0)",
+        f"- opaque-mask IoU per zoom (min {min(agreement.iou_by_zoom.values()):.3f}, must be >= 0.98): {iou}",
+        f"- median per-tile PSNR on pixels opaque in both: {agreement.median_psnr_db:.1f} dB (must be >= 25)",
+    ]
+
+
+def write_readme(section: str, report: str) -> None:
+    """Replace one results section of bench/README.md with the report."""
     readme = Path(__file__).with_name("README.md")
     text = readme.read_text(encoding="utf-8")
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    start_marker, end_marker = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
     readme.write_text(text[:start] + "\n" + report + "\n" + text[end:], encoding="utf-8")
 
 
 def child_new_path(request_json: str) -> None:
+    """Run a NEW path in this (child) process and write what it returns to the result file."""
     request = json.loads(request_json)
     new_path = load_callable(request["callable"])
-    new_path(request["scan"], request["gcps"], SAMPLE_GCP_SRS, request["output_dir"], request["min_zoom"], request["max_zoom"])
+    result = new_path(request["scan"], request["gcps"], SAMPLE_GCP_SRS, request["output_dir"],
+                      request["min_zoom"], request["max_zoom"])
+    details = result if isinstance(result, dict) else {"tile_dir": result}
+    Path(request["result_path"]).write_text(json.dumps(details), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """The whole ``transformation_process`` job on a scan, as a NEW path for ``bench_pipeline.py``.
 
-Run with ``--new-callable bench.job_pipeline:run_transformation_job`` (the default of
-``bench_pipeline.py``'s job path): the child process creates an SQLite vkdb in a scratch
-folder, queues the job and runs it through the real job loop, as a daemon does, so the time
-covers the geo image with overviews, the tiles, the mapfile, the search document and the
-database work. The tile pyramid is then moved to ``output_dir`` for the comparison.
+``bench_pipeline.py`` runs it as its job path (``--job-callable``). The child process creates an
+SQLite vkdb in a scratch folder, queues the job and runs it through the real job loop, as a
+daemon does. The time covers the geo image with overviews, the tiles, the mapfile, the search
+document and the database work. The tile pyramid is then moved to ``output_dir`` for the comparison.
 
 Besides the tile folder it returns the job's own duration, timed around
 ``JobLoop.run_pending()`` only (interpreter start-up, imports, schema set-up, the copy of
