@@ -11,6 +11,7 @@ Outcomes:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ from typing import Any
 
 from osgeo import gdal
 from sqlalchemy import Engine, func, select as sql_select
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from georeference.database import is_postgresql
 from georeference.daemon.store import ClaimedJob, JobStore, runner_identity
@@ -53,6 +54,18 @@ HEARTBEAT_MAX_INTERVAL = 10.0
 
 class JobTimeoutError(ProcessingError):
     """Raised when a job runs past the configured time limit."""
+
+
+class LeaseLostError(StorageError):
+    """Raised when another runner took a job over because this runner's lease ran out."""
+
+
+@dataclass
+class _Lease:
+    """The lease renewal of one running job: ``done`` ends it, ``lost`` says it was lost."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -103,7 +116,7 @@ class JobLoop:
         self.current_job: int | None = None
         self._token = self.runner_id.rsplit(":", 1)[-1]
         gdal.SetCacheMax(settings.gdal_cache_mb * 1024 * 1024)
-        # Created before any job starts GDAL threads, and kept for the runner's lifetime.
+        # PNG encoder threads, kept for the runner's lifetime.
         self.tile_pool = make_encoder_pool(settings.tms_processes) \
             if settings.tms_processes > 1 else None
         self._wakeup = _Wakeup()
@@ -146,7 +159,7 @@ class JobLoop:
                                _first_line(exc), delay, extra={"action": "poll_failed"})
                 self._close_listener()
             if not self.stopping:
-                self._wait(delay)
+                self._idle(delay)
         self._shutdown()
 
     def run_pending(self) -> RunSummary:
@@ -163,7 +176,7 @@ class JobLoop:
         self.store.heartbeat(None)
 
         while not self.stopping:
-            claimed = self.store.claim_next()
+            claimed = self.store.claim_next(self.settings.max_attempts)
             if claimed is None:
                 break
             outcome = self.process(claimed)
@@ -210,12 +223,14 @@ class JobLoop:
                         extra={"action": "job_start"})
         started = time.monotonic()
         self.current_job = claimed.id
-        heartbeat = self._start_heartbeat(claimed.id)
+        self._beat(claimed.id)
+        lease = self._start_heartbeat(claimed.id)
         try:
-            outcome, message = self._run_handler(claimed, job_logger, started)
+            outcome, message = self._run_handler(claimed, job_logger, started, lease)
         finally:
-            heartbeat.set()
+            lease.done.set()
             self.current_job = None
+        self._beat(None)
 
         seconds = time.monotonic() - started
         if outcome == "completed":
@@ -229,49 +244,70 @@ class JobLoop:
         return outcome
 
     def _new_context(self, claimed: ClaimedJob, job_logger: JobLogger, session: Any,
-                     started: float) -> JobContext:
+                     started: float, lease: _Lease) -> JobContext:
         products = StagedProducts(self.settings.tmp_root,
                                   prefix=f"job-{claimed.id}-{self._token}-")
         limit = self.settings.time_limit
+
+        def should_stop() -> bool:
+            # Long steps (warp, tiles) poll this: past the time limit, or once another
+            # runner holds the job, going on only wastes the machine.
+            return time.monotonic() - started > limit or lease.lost.is_set()
+
         return JobContext(
             job_id=claimed.id, job_type=claimed.type, description={}, session=session,
             settings=self.settings, logger=job_logger, products=products,
             search_index=self.search_index, tile_pool=self.tile_pool,
-            should_stop=lambda: time.monotonic() - started > limit, started=started)
+            should_stop=should_stop, started=started)
 
-    def _run_handler(self, claimed: ClaimedJob, job_logger: JobLogger,
-                     started: float) -> tuple[str, str | None]:
+    def _run_handler(self, claimed: ClaimedJob, job_logger: JobLogger, started: float,
+                     lease: _Lease) -> tuple[str, str | None]:
         session = self.store.sessions()
-        ctx = self._new_context(claimed, job_logger, session, started)
+        ctx = self._new_context(claimed, job_logger, session, started, lease)
+        timed_out = lambda: time.monotonic() - started > self.settings.time_limit  # noqa: E731
         try:
             ctx.description = parse_description(claimed.description)
             handler = get_handler(claimed.type)
             handler(ctx)
-            if ctx.should_stop():
+            if lease.lost.is_set():
+                raise LeaseLostError(f"job {claimed.id} was taken over by another runner")
+            if timed_out():
                 raise JobTimeoutError("job", self._time_limit_message())
             self._commit(ctx, claimed)
             return "completed", None
-        except (StorageError, OperationalError, DBAPIError) as exc:
-            session.rollback()
-            ctx.products.discard()
-            return "released", self._release(claimed, exc)
-        except (JobInputError, ProcessingError, GeoreferenceError) as exc:
-            session.rollback()
-            ctx.products.discard()
-            message = self._time_limit_message() if ctx.should_stop() else str(exc)
-            self._fail(claimed, message, ctx)
-            return "failed", message
         except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the loop
-            session.rollback()
-            ctx.products.discard()
-            job_logger.exception("unexpected error", extra={"action": "job_error"})
-            message = f"unexpected error: {type(exc).__name__}: {exc}"
-            if ctx.should_stop():
+            self._rollback(ctx)
+            if lease.lost.is_set() or isinstance(exc, LeaseLostError):
+                # The job belongs to another runner now: leave its row alone.
+                return "released", "lease lost: another runner has taken the job over"
+            if _is_transient(exc):
+                return "released", self._release(claimed, exc)
+            if timed_out():
                 message = self._time_limit_message()
+            elif _is_disk_full(exc):
+                message = f"disk full: {exc}" if "disk full" not in str(exc) else str(exc)
+            elif isinstance(exc, GeoreferenceError):
+                message = str(exc)
+            else:
+                job_logger.exception("unexpected error", extra={"action": "job_error"})
+                message = f"unexpected error: {type(exc).__name__}: {exc}"
             self._fail(claimed, message, ctx)
             return "failed", message
         finally:
             session.close()
+
+    def _rollback(self, ctx: JobContext) -> None:
+        """Drop the job's staged products and roll its transaction back.
+
+        The products go first: a rollback on a connection the server dropped can raise,
+        and the scratch space must be freed either way.
+        """
+        ctx.products.discard()
+        try:
+            ctx.session.rollback()
+        except SQLAlchemyError as exc:
+            ctx.logger.warning("rollback failed: %s", _first_line(exc),
+                               extra={"action": "rollback_failed"})
 
     def _time_limit_message(self) -> str:
         return (f"stopped: the job ran past its time limit of {self.settings.time_limit:g} s "
@@ -281,7 +317,7 @@ class JobLoop:
         comment = "; ".join(ctx.notes) or None
         ctx.session.flush()
         if not self.store.finish(ctx.session, claimed.id, "completed", comment):
-            raise StorageError(f"job {claimed.id} was taken over by another runner")
+            raise LeaseLostError(f"job {claimed.id} was taken over by another runner")
         ctx.products.install()
         try:
             ctx.session.commit()
@@ -314,23 +350,35 @@ class JobLoop:
                            extra={"action": "release_failed", "job_id": claimed.id})
         return reason
 
-    def _start_heartbeat(self, job_id: int) -> threading.Event:
-        """Renew the job's lease in a thread until the returned event is set.
+    def _heartbeat_interval(self) -> float:
+        return min(self.settings.lease_seconds / 4, HEARTBEAT_MAX_INTERVAL)
+
+    def _beat(self, job_id: int | None) -> None:
+        """Record in ``runners`` what this runner does now, for ``georeference-runner status``."""
+        try:
+            self.store.heartbeat(job_id)
+        except SQLAlchemyError as exc:
+            logger.warning("job=%s cannot update the runner heartbeat: %s", job_id or "-",
+                           _first_line(exc), extra={"action": "heartbeat_failed"})
+
+    def _start_heartbeat(self, job_id: int) -> _Lease:
+        """Renew the job's lease in a thread until ``done`` is set; set ``lost`` if it was lost.
 
         SQLite runs one runner at a time and its job transaction holds the write lock, so
         there the lease is not renewed; a stopped runner's jobs are recovered at start-up.
         """
-        done = threading.Event()
+        lease = _Lease()
         if not is_postgresql(self.engine):
-            return done
-        interval = min(self.settings.lease_seconds / 4, HEARTBEAT_MAX_INTERVAL)
+            return lease
+        interval = self._heartbeat_interval()
 
         def renew() -> None:
-            while not done.wait(interval):
+            while not lease.done.wait(interval):
                 try:
                     if not self.store.renew_lease(job_id):
-                        logger.error("job=%d lease lost to another runner", job_id,
-                                     extra={"action": "lease_lost", "job_id": job_id})
+                        logger.error("job=%d lease lost to another runner; stopping the job",
+                                     job_id, extra={"action": "lease_lost", "job_id": job_id})
+                        lease.lost.set()
                         return
                     self.store.heartbeat(job_id)
                 except SQLAlchemyError as exc:
@@ -338,7 +386,7 @@ class JobLoop:
                                    extra={"action": "lease_renewal_failed", "job_id": job_id})
 
         threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True).start()
-        return done
+        return lease
 
     # -- search index outbox ----------------------------------------------------------------
 
@@ -355,8 +403,35 @@ class JobLoop:
 
     # -- waiting ----------------------------------------------------------------------------
 
-    def _wait(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` seconds; a new job (PostgreSQL NOTIFY) or a stop ends it."""
+    def _idle(self, delay: float) -> None:
+        """Wait up to ``delay`` seconds for work, keeping this runner's heartbeat fresh.
+
+        The wait ends early on a new job (PostgreSQL NOTIFY), a stop request, or when a job
+        that waits on a time (a retry delay, a dead runner's lease) becomes due, so a long
+        ``sleep_time`` delays neither. Meanwhile the heartbeat is renewed often enough for
+        ``status`` to list an idle runner as live.
+        """
+        deadline = time.monotonic() + delay
+        try:
+            due = self.store.seconds_until_due()
+        except SQLAlchemyError:
+            due = None
+        if due is not None:
+            deadline = min(deadline, time.monotonic() + due + 0.05)
+        while not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wait(min(remaining, self._heartbeat_interval())):
+                return
+            if deadline - time.monotonic() > 0:
+                self._beat(None)
+
+    def _wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; a new job (PostgreSQL NOTIFY) or a stop ends it.
+
+        Returns True when woken before the timeout.
+        """
         watched = [self._wakeup.read_fd]
         listener = self._listener()
         if listener is not None:
@@ -374,6 +449,7 @@ class JobLoop:
                                extra={"action": "listen_failed"})
                 self._close_listener()
         self._wakeup.drain()
+        return bool(readable)
 
     def _listener(self) -> Any:
         if not is_postgresql(self.engine):
@@ -407,13 +483,16 @@ class JobLoop:
     def close(self) -> None:
         """Stop the tile encoder processes."""
         if self.tile_pool is not None:
-            self.tile_pool.terminate()
-            self.tile_pool.join()
+            self.tile_pool.shutdown(wait=True)
             self.tile_pool = None
 
     def _shutdown(self) -> None:
         self.close()
         self._close_listener()
+        try:
+            self._clean_scratch()
+        except SQLAlchemyError as exc:
+            logger.warning("cannot check scratch folders at stop: %s", _first_line(exc))
         try:
             self.store.unregister()
         except SQLAlchemyError as exc:
@@ -427,6 +506,33 @@ def count_jobs(engine: Engine) -> dict[str, int]:
         rows = connection.execute(
             sql_select(Job.state, func.count()).group_by(Job.state)).all()
     return {state: count for state, count in rows}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Return True for errors worth retrying: the database or the search index unreachable.
+
+    Only a lost or refused connection counts. Other driver errors (a constraint violation,
+    a value out of range, an SQL error) would fail again on every retry, so they fail the job.
+    """
+    if isinstance(exc, StorageError):
+        return True
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Return True when the error, or one it was raised from, says the disk is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(current) or "disk full" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
