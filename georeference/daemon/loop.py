@@ -339,7 +339,7 @@ class JobLoop:
             self.store.finish(session, claimed.id, "failed", comment)
 
     def _release(self, claimed: ClaimedJob, exc: BaseException) -> str:
-        delay = min(RETRY_BACKOFF_START * 2 ** max(claimed.attempts - 1, 0),
+        delay = min(RETRY_BACKOFF_START * 2 ** claimed.retries,
                     self.settings.retry_backoff_max)
         reason = f"transient error, retry in {delay:.0f} s: {_first_line(exc)}"
         try:

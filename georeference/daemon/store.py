@@ -57,6 +57,7 @@ class ClaimedJob:
     description: str | None
     raw_map_id: int | None
     attempts: int
+    retries: int
 
 
 def runner_identity() -> tuple[str, str, int]:
@@ -122,7 +123,8 @@ class JobStore:
                 .where(Job.id == job_id)
                 .values(state="running", claimed_by=self.runner_id, started=now,
                         lease_expires=now + self.lease, attempts=Job.attempts + 1)
-                .returning(Job.id, Job.type, Job.description, Job.raw_map_id, Job.attempts)
+                .returning(Job.id, Job.type, Job.description, Job.raw_map_id, Job.attempts,
+                           Job.retries)
             ).one()
         return ClaimedJob(*claimed)
 
@@ -161,13 +163,18 @@ class JobStore:
                 and job.lease_expires is not None and job.lease_expires > utcnow())
 
     def release(self, job_id: int, retry_after: float, reason: str) -> None:
-        """Give a job back to the queue, claimable again after ``retry_after`` seconds."""
+        """Give a job back to the queue, claimable again after ``retry_after`` seconds.
+
+        The claim is taken back from ``attempts`` and counted in ``retries`` instead, so a
+        job that keeps meeting a database outage is never failed as if its runner died.
+        """
         with self.sessions.begin() as session:
             session.execute(
                 update(Job).where(Job.id == job_id, Job.claimed_by == self.runner_id)
                 .values(state="not_started", claimed_by=None,
                         lease_expires=utcnow() + dt.timedelta(seconds=retry_after),
-                        comment=reason))
+                        comment=reason, attempts=Job.attempts - 1,
+                        retries=Job.retries + 1))
 
     def finish(self, session: Session, job_id: int, state: str, comment: str | None) -> bool:
         """Record a job's final state and copy it to jobs_history, in the given session.
@@ -185,7 +192,8 @@ class JobStore:
             id=job.id, type=job.type, description=job.description, state=state,
             submitted=job.submitted, user_id=job.user_id, comment=comment,
             raw_map_id=job.raw_map_id, claimed_by=job.claimed_by, started=job.started,
-            finished=job.finished, lease_expires=None, attempts=job.attempts))
+            finished=job.finished, lease_expires=None, attempts=job.attempts,
+            retries=job.retries))
         return True
 
     def fail_exhausted(self, max_attempts: int) -> list[int]:

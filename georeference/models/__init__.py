@@ -122,9 +122,13 @@ class _JobColumns:
     started: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished: Mapped[dt.datetime | None] = mapped_column(DateTime)
     lease_expires: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    # How often a runner has claimed the job; a job whose runners died this often fails.
+    # Claims of the job that did not end in a release; a job whose runners died this
+    # often fails.
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
                                           server_default="0")
+    # Releases after transient errors (database or index unreachable); sets the backoff.
+    retries: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
+                                         server_default="0")
 
 
 class Job(_JobColumns, Base):

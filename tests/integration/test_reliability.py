@@ -268,11 +268,15 @@ def test_database_outage_mid_job_is_retried(settings, engine, tmp_path, runners,
                         timeout=120, interval=0.05)
     assert released.comment.startswith("transient error, retry in 5 s")
     assert released.claimed_by is None
+    assert released.retries == 1
+    assert released.attempts == 0
     assert history(engine, job_id) == []
 
     wait_for(lambda: job(engine, job_id).state == "completed", timeout=300)
     assert pid_alive(pid)
-    assert job(engine, job_id).attempts == 2
+    # The release gave the claim back: only the completing claim counts as an attempt.
+    assert job(engine, job_id).attempts == 1
+    assert job(engine, job_id).retries == 1
     assert [row.state for row in history(engine, job_id)] == ["completed"]
     assert_products_from(settings, gcps)
     wait_for(lambda: scratch_entries(settings) == [])
