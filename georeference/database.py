@@ -54,8 +54,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"unsupported database in sqlalchemy.url {safe_url(url)!r}: "
             "expected postgresql+psycopg2:// or sqlite://")
     else:
-        kwargs.setdefault("pool_pre_ping", True)
+        # No pre-ping: it costs a round trip per checkout, and the job loop treats a dropped
+        # connection as a transient error, after which the pool reconnects.
         kwargs.setdefault("connect_args", {"connect_timeout": 10})
+        # Batch executemany UPDATEs into a few round trips.
+        kwargs.setdefault("executemany_mode", "values_plus_batch")
 
     try:
         engine = create_engine(parsed, **kwargs)

@@ -148,6 +148,9 @@ class JobLoop:
                     self.store.register()
                     self._recover_on_sqlite()
                     registered = True
+                # Listen before looking at the queue, so a job inserted between the look
+                # and the wait still wakes this runner.
+                self._listener()
                 self.run_pending()
                 failures = 0
                 delay = self.settings.sleep_time
@@ -223,14 +226,12 @@ class JobLoop:
                         extra={"action": "job_start"})
         started = time.monotonic()
         self.current_job = claimed.id
-        self._beat(claimed.id)
         lease = self._start_heartbeat(claimed.id)
         try:
             outcome, message = self._run_handler(claimed, job_logger, started, lease)
         finally:
             lease.done.set()
             self.current_job = None
-        self._beat(None)
 
         seconds = time.monotonic() - started
         if outcome == "completed":

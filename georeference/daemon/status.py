@@ -33,11 +33,12 @@ def _status_lines(settings: Settings, engine) -> list[str]:
     lines.append(f"live runners: {len(runners)}")
     with store.sessions() as session:
         for runner in runners:
-            doing = "idle"
-            if runner.current_job_id is not None:
-                job = session.get(Job, runner.current_job_id)
-                doing = (f"job {runner.current_job_id} ({job.type}, map {job.raw_map_id})"
-                         if job is not None else f"job {runner.current_job_id}")
+            # The jobs table says what a runner does at once; its heartbeat row may lag.
+            running = session.scalars(
+                select(Job).where(Job.state == "running", Job.claimed_by == runner.id)
+                .order_by(Job.id)).all()
+            doing = ", ".join(f"job {job.id} ({job.type}, map {job.raw_map_id})"
+                              for job in running) or "idle"
             lines.append(f"  {runner.host} pid {runner.pid}: {doing}, heartbeat "
                          f"{runner.heartbeat:%Y-%m-%d %H:%M:%S} UTC")
         waiting = session.scalars(select(SearchOutbox).order_by(SearchOutbox.queued)).all()

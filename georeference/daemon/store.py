@@ -16,7 +16,9 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from georeference.database import is_postgresql
@@ -30,22 +32,33 @@ RESOLVE_BATCH = 500
 # Map key for jobs that concern no single map (initialize_data, unreadable descriptions).
 NO_MAP = 0
 
-# A running job whose lease ran out is taken over only while its attempts are below the
-# limit; at the limit ``fail_exhausted`` fails it instead, and no runner may retake it in
-# between.
-_CLAIM_CANDIDATE = """
-SELECT j.id FROM jobs j
-WHERE j.raw_map_id IS NOT NULL
-  AND ((j.state = 'not_started' AND (j.lease_expires IS NULL OR j.lease_expires <= :now))
-       OR (j.state = 'running' AND j.lease_expires < :now AND j.attempts < :max_attempts))
+# No older unfinished job of the same map may exist (map key 0: no such ordering).
+_NO_OLDER_JOB_OF_MAP = """
   AND NOT EXISTS (
       SELECT 1 FROM jobs o
       WHERE j.raw_map_id <> 0 AND o.raw_map_id = j.raw_map_id
         AND o.state IN ('not_started', 'running')
-        AND (o.submitted < j.submitted OR (o.submitted = j.submitted AND o.id < j.id)))
+        AND (o.submitted < j.submitted OR (o.submitted = j.submitted AND o.id < j.id)))"""
+
+# A running job whose lease ran out is taken over only while its attempts are below the
+# limit. At the limit ``fail_exhausted`` fails it instead, and no runner may retake it in
+# between.
+_ABANDONED_CANDIDATE = """
+SELECT j.id FROM jobs j
+WHERE j.state = 'running' AND j.lease_expires < :now AND j.attempts < :max_attempts
+""" + _NO_OLDER_JOB_OF_MAP + """
 ORDER BY j.submitted, j.id
-LIMIT 1
-"""
+LIMIT 1"""
+
+# The partial index jobs_pending_idx yields these rows in order, so the first one that
+# passes the map check ends the scan instead of sorting the whole queue.
+_PENDING_CANDIDATE = """
+SELECT j.id FROM jobs j
+WHERE j.state = 'not_started' AND j.raw_map_id IS NOT NULL
+  AND (j.lease_expires IS NULL OR j.lease_expires <= :now)
+""" + _NO_OLDER_JOB_OF_MAP + """
+ORDER BY j.submitted, j.id
+LIMIT 1"""
 
 
 @dataclass(frozen=True)
@@ -67,17 +80,16 @@ def runner_identity() -> tuple[str, str, int]:
     return f"{host}:{pid}:{uuid.uuid4().hex[:8]}", host, pid
 
 
-def _map_key(session: Session, job_type: str, description: str | None) -> int:
+def _transformation_id(description: str | None) -> int | None:
+    """Return the description's transformation id, or None when it has no usable one."""
     try:
         value = json.loads(description) if description else {}
     except ValueError:
-        return NO_MAP
+        return None
     transformation_id = value.get("transformation_id") if isinstance(value, dict) else None
     if isinstance(transformation_id, bool) or not isinstance(transformation_id, int):
-        return NO_MAP
-    raw_map_id = session.scalar(
-        select(Transformation.raw_map_id).where(Transformation.id == transformation_id))
-    return raw_map_id if raw_map_id is not None else NO_MAP
+        return None
+    return transformation_id
 
 
 class JobStore:
@@ -92,18 +104,45 @@ class JobStore:
         self.pid = pid
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.postgresql = is_postgresql(engine)
+        # One statement picks and marks the job, so a claim costs one round trip and a
+        # commit. On PostgreSQL, SKIP LOCKED lets concurrent claims pass each other.
+        lock = " FOR UPDATE OF j SKIP LOCKED" if self.postgresql else ""
+        self._claim_statement = text(
+            "UPDATE jobs SET state = 'running', claimed_by = :runner, started = :now, "
+            "lease_expires = :expires, attempts = attempts + 1 "
+            f"WHERE id = COALESCE(({_ABANDONED_CANDIDATE}{lock}), ({_PENDING_CANDIDATE}{lock})) "
+            "RETURNING id, type, description, raw_map_id, attempts, retries")
+        history = JobHistory.__table__
+        insert = (postgresql_insert if self.postgresql else sqlite_insert)(history)
+        self._history_statement = insert.values(
+            {column.name: bindparam(column.name) for column in history.c}
+        ).on_conflict_do_update(
+            index_elements=[history.c.id],
+            set_={column.name: insert.excluded[column.name]
+                  for column in history.c if column.name != "id"})
 
     def resolve_map_ids(self) -> int:
         """Fill ``jobs.raw_map_id`` for new jobs, so the claim can order jobs per map."""
         with self.sessions.begin() as session:
             rows = session.execute(
-                select(Job.id, Job.type, Job.description)
+                select(Job.id, Job.description)
                 .where(Job.state == "not_started", Job.raw_map_id.is_(None))
                 .order_by(Job.submitted, Job.id).limit(RESOLVE_BATCH)).all()
-            for job_id, job_type, description in rows:
-                session.execute(
-                    update(Job).where(Job.id == job_id, Job.raw_map_id.is_(None))
-                    .values(raw_map_id=_map_key(session, job_type, description)))
+            if not rows:
+                return 0
+            wanted = {job_id: _transformation_id(description) for job_id, description in rows}
+            known = dict(session.execute(
+                select(Transformation.id, Transformation.raw_map_id)
+                .where(Transformation.id.in_({t for t in wanted.values() if t is not None})))
+                .all())
+            keys = [{"job_id": job_id, "map_key": known.get(transformation_id, NO_MAP)}
+                    for job_id, transformation_id in wanted.items()]
+            # One executemany: psycopg2 batches it into a few round trips.
+            session.connection().execute(
+                update(Job.__table__)
+                .where(Job.__table__.c.id == bindparam("job_id"),
+                       Job.__table__.c.raw_map_id.is_(None))
+                .values(raw_map_id=bindparam("map_key")), keys)
         return len(rows)
 
     def claim_next(self, max_attempts: int) -> ClaimedJob | None:
@@ -112,21 +151,12 @@ class JobStore:
         A job abandoned by a dead runner is retaken only below ``max_attempts``.
         """
         now = utcnow()
-        query = _CLAIM_CANDIDATE + (" FOR UPDATE OF j SKIP LOCKED" if self.postgresql else "")
-        with self.sessions.begin() as session:
-            job_id = session.execute(text(query),
-                                     {"now": now, "max_attempts": max_attempts}).scalar()
-            if job_id is None:
-                return None
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(state="running", claimed_by=self.runner_id, started=now,
-                        lease_expires=now + self.lease, attempts=Job.attempts + 1)
-                .returning(Job.id, Job.type, Job.description, Job.raw_map_id, Job.attempts,
-                           Job.retries)
-            ).one()
-        return ClaimedJob(*claimed)
+        with self.engine.connect() as connection:
+            claimed = connection.execute(self._claim_statement, {
+                "now": now, "max_attempts": max_attempts, "runner": self.runner_id,
+                "expires": now + self.lease}).first()
+            connection.commit()
+        return ClaimedJob(*claimed) if claimed is not None else None
 
     def seconds_until_due(self) -> float | None:
         """Return the seconds until a job waiting on a time becomes claimable, or None.
@@ -181,19 +211,16 @@ class JobStore:
 
         Returns False, changing nothing, when this runner no longer holds the job.
         """
-        job = session.get(Job, job_id, with_for_update=self.postgresql)
-        if job is None or job.claimed_by != self.runner_id:
+        jobs = Job.__table__
+        row = session.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.claimed_by == self.runner_id)
+            .values(state=state, comment=comment, finished=utcnow(), lease_expires=None)
+            .returning(*jobs.c)).mappings().first()
+        if row is None:
             return False
-        job.state = state
-        job.comment = comment
-        job.finished = utcnow()
-        job.lease_expires = None
-        session.merge(JobHistory(
-            id=job.id, type=job.type, description=job.description, state=state,
-            submitted=job.submitted, user_id=job.user_id, comment=comment,
-            raw_map_id=job.raw_map_id, claimed_by=job.claimed_by, started=job.started,
-            finished=job.finished, lease_expires=None, attempts=job.attempts,
-            retries=job.retries))
+        session.execute(self._history_statement,
+                        {column.name: row[column.name] for column in JobHistory.__table__.c})
         return True
 
     def fail_exhausted(self, max_attempts: int) -> list[int]:

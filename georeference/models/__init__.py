@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text)
+from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from georeference.models.geometry import Geometry
@@ -135,6 +136,16 @@ class Job(_JobColumns, Base):
     """A unit of work queued by the web service or an operator."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        # The queue in claim order, and the running jobs by lease, for the claim query.
+        Index("jobs_pending_idx", "submitted", "id",
+              postgresql_where=text("state = 'not_started'"),
+              sqlite_where=text("state = 'not_started'")),
+        Index("jobs_running_idx", "lease_expires",
+              postgresql_where=text("state = 'running'"),
+              sqlite_where=text("state = 'running'")),
+        Index("jobs_claim_idx", "state", "raw_map_id", "submitted", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
