@@ -42,13 +42,13 @@ logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "georeference_jobs"
 
-# First delay, in seconds, before a job that hit a transient error is tried again; it
-# doubles with every further attempt up to the configured maximum.
+# First delay, in seconds, before a job that hit a transient error is tried again. The
+# delay doubles with every further retry up to the configured maximum.
 RETRY_BACKOFF_START = 5.0
 
 _STAGING_NAME = re.compile(r"^job-(\d+)-([0-9a-f]+)-")
 
-# Longest pause, in seconds, between two renewals of a job's lease.
+# Maximum pause, in seconds, between two renewals of a job's lease.
 HEARTBEAT_MAX_INTERVAL = 10.0
 
 
@@ -62,7 +62,7 @@ class LeaseLostError(StorageError):
 
 @dataclass
 class _Lease:
-    """The lease renewal of one running job: ``done`` ends it, ``lost`` says it was lost."""
+    """Lease renewal of one running job: ``done`` ends it, ``lost`` is set when it was lost."""
 
     done: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
@@ -70,7 +70,7 @@ class _Lease:
 
 @dataclass
 class RunSummary:
-    """What one pass over the queue did."""
+    """Job ids per outcome of one pass over the queue."""
 
     completed: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
@@ -523,7 +523,7 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    """Return True when the error, or one it was raised from, says the disk is full."""
+    """Return True when the error, or one it was raised from, is ENOSPC (disk full)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

@@ -174,7 +174,7 @@ def _daemon_main(settings: Settings) -> None:
 
 
 def command_start(settings: Settings) -> int:
-    """Start the daemon in the background and wait until it holds its pidfile."""
+    """Start the daemon in the background and wait until it has locked its pidfile."""
     if is_locked(settings.pidfile):
         print(f"georeference-runner: already running with pid {read_pid(settings.pidfile)} "
               f"(pidfile {settings.pidfile})", file=sys.stderr)

@@ -33,7 +33,7 @@ def _status_lines(settings: Settings, engine) -> list[str]:
     lines.append(f"live runners: {len(runners)}")
     with store.sessions() as session:
         for runner in runners:
-            # The jobs table says what a runner does at once; its heartbeat row may lag.
+            # The jobs table shows at once which job a runner runs; its heartbeat row may lag.
             running = session.scalars(
                 select(Job).where(Job.state == "running", Job.claimed_by == runner.id)
                 .order_by(Job.id)).all()

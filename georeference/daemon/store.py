@@ -209,7 +209,7 @@ class JobStore:
     def finish(self, session: Session, job_id: int, state: str, comment: str | None) -> bool:
         """Record a job's final state and copy it to jobs_history, in the given session.
 
-        Returns False, changing nothing, when this runner no longer holds the job.
+        Returns False, changing nothing, when the job is no longer claimed by this runner.
         """
         jobs = Job.__table__
         row = session.execute(

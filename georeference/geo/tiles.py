@@ -85,7 +85,7 @@ bounds the memory held by tiles not yet written."""
 
 
 class TileBuildStopped(RuntimeError):
-    """Raised when the caller's ``should_stop`` asks a build to end (for a job time limit)."""
+    """Raised when the caller's ``should_stop`` returns True, for example at a job's time limit."""
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def parse_crs(value: Any, what: str) -> int:
     """Return the EPSG code of a CRS given as ``"EPSG:4314"`` or as an integer code.
 
     Raises:
-        JobInputError: the value is malformed or names no CRS that PROJ knows.
+        JobInputError: the value is malformed or names a CRS missing from PROJ's database.
     """
     if isinstance(value, bool):
         raise JobInputError(f"{what} {value!r} is not a CRS; expected 'EPSG:<code>'")

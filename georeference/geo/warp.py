@@ -1,8 +1,8 @@
 """Warp a raw scan with its GCPs and clip polygon into a georeferenced Cloud Optimized GeoTIFF.
 
 The output has three colour bands and an alpha band that is 0 outside the scan and outside
-the clip, 512-pixel tiles, DEFLATE compression and internal overviews, so any GDAL client
-(QGIS, MapServer) can read it and stream parts of it.
+the clip, 512-pixel tiles, compression (DEFLATE unless configured otherwise) and internal
+overviews. GDAL clients such as QGIS and MapServer read it and can stream parts of it.
 """
 
 from __future__ import annotations
