@@ -45,9 +45,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         raise ConfigurationError(f"invalid sqlalchemy.url {url!r}: {exc}") from None
 
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": 30})
     elif parsed.get_backend_name() != "postgresql":
         raise ConfigurationError(
@@ -90,6 +87,11 @@ def check_database(engine: Engine) -> None:
         StorageError: the database cannot be reached, or tables are missing.
     """
     url = safe_url(str(engine.url.render_as_string(hide_password=False)))
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:" \
+            and not os.path.isfile(database):
+        raise StorageError(f"SQLite database {database} not found; check sqlalchemy.url, or "
+                           "create it with 'georeference-runner init-db'")
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -123,6 +125,16 @@ def create_schema(engine: Engine) -> None:
     """
     from alembic import command
 
+    try:
+        _create_schema(engine, command)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise StorageError(
+            f"cannot create the schema in {safe_url(str(engine.url))}: {reason}") from exc
+    logger.info("schema ready on %s", safe_url(str(engine.url)))
+
+
+def _create_schema(engine: Engine, command: Any) -> None:
     if is_postgresql(engine):
         with open(SCHEMA_SQL, encoding="utf-8") as schema_file:
             sql = schema_file.read()
@@ -134,7 +146,6 @@ def create_schema(engine: Engine) -> None:
         Base.metadata.create_all(engine)
         with engine.begin() as connection:
             command.stamp(_alembic_config(connection), "head")
-    logger.info("schema ready on %s", safe_url(str(engine.url)))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

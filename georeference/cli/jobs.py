@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -111,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"georeference-jobs: database error: {str(getattr(exc, 'orig', exc)).strip()}",
               file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of our output (for example `| head`) went away: not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -181,6 +181,10 @@ def command_start(settings: Settings) -> int:
         return EXIT_ERROR
     engine = _connect(settings)
     engine.dispose()
+    # A broken logging section fails here, with its message, not silently in the daemon.
+    from georeference.logconfig import configure_logging
+    configure_logging(settings)
+    logging.shutdown()
 
     child = os.fork()
     if child == 0:
@@ -243,6 +247,11 @@ def command_init_db(settings: Settings) -> int:
     """Create the vkdb tables that are missing and apply the runner's migrations."""
     from georeference.database import create_schema, make_engine, safe_url
 
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.database_url).database
+    if settings.database_url.startswith("sqlite") and database and database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
     engine = make_engine(settings.database_url)
     try:
         create_schema(engine)
@@ -290,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigurationError, StorageError, AlreadyRunningError) as exc:
         print(f"georeference-runner: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of our output (for example `| head`) went away: not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

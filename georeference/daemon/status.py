@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from sqlalchemy import select
 
-from georeference.database import make_engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from georeference.database import check_database, make_engine, safe_url
+from georeference.errors import StorageError
 from georeference.daemon.loop import count_jobs
 from georeference.daemon.store import JobStore
 from georeference.models import Job, SearchOutbox
@@ -15,12 +21,25 @@ def collect_status(settings: Settings) -> list[str]:
     """Return the status lines; the database being unreachable is one of them, not an error."""
     engine = make_engine(settings.database_url)
     try:
+        check_database(engine)
         return _status_lines(settings, engine)
-    except Exception as exc:  # noqa: BLE001 - status must report, not crash
+    except StorageError as exc:
+        return [f"database: {exc}"]
+    except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        return [f"database: unreachable ({reason})"]
+        return [f"database: query failed on {safe_url(settings.database_url)}: {reason}"]
     finally:
         engine.dispose()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _status_lines(settings: Settings, engine) -> list[str]:
@@ -29,7 +48,11 @@ def _status_lines(settings: Settings, engine) -> list[str]:
              f"{counts.get('failed', 0)} failed, {counts.get('completed', 0)} completed"]
 
     store = JobStore(engine, "status", "", 0, settings.lease_seconds)
-    runners = store.live_runners(exclude_self=False)
+    here = socket.gethostname()
+    # A runner on this host whose process is gone died without unregistering (kill -9);
+    # its heartbeat is still recent, but it is not live.
+    runners = [runner for runner in store.live_runners(exclude_self=False)
+               if runner.host != here or _process_exists(runner.pid)]
     lines.append(f"live runners: {len(runners)}")
     with store.sessions() as session:
         for runner in runners:

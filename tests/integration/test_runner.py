@@ -266,9 +266,63 @@ def test_bad_configuration_message(tmp_path, db_url, content, expected):
 def test_second_runner_on_sqlite_rejected(ini, settings, engine, tmp_path):
     first = run(RUNNER, "--config", ini, "start")
     assert first.returncode == 0, first.stderr
-    other_ini = write_ini(tmp_path / "other.ini", settings,
-                          **{"georeference.daemon.pidfile": str(tmp_path / "other.pid")})
-    second = run(RUNNER, "--config", other_ini, "run", "--once")
-    assert second.returncode == 2
-    assert "SQLite supports one runner at a time" in second.stderr
-    assert run(RUNNER, "--config", ini, "stop").returncode == 0
+    try:
+        other_ini = write_ini(tmp_path / "other.ini", settings,
+                              **{"georeference.daemon.pidfile": str(tmp_path / "other.pid")})
+        second = run(RUNNER, "--config", other_ini, "run", "--once")
+        assert second.returncode == 2
+        assert "SQLite supports one runner at a time" in second.stderr
+    finally:
+        assert run(RUNNER, "--config", ini, "stop").returncode == 0
+
+
+def test_init_db_unreachable_one_line(tmp_path):
+    path = tmp_path / "unreachable.ini"
+    path.write_text("[app:main]\nuse = call:georeference.settings:app_factory\n"
+                    "sqlalchemy.url = postgresql+psycopg2://nobody:secret@127.0.0.1:1/vkdb\n")
+    result = run(RUNNER, "--config", str(path), "init-db")
+    assert result.returncode == 2
+    assert result.stderr.startswith("georeference-runner: cannot create the schema in "
+                                    "postgresql+psycopg2://nobody:***@127.0.0.1:1/vkdb")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "secret" not in result.stderr
+
+
+def test_missing_sqlite_file_not_created(tmp_path):
+    database = tmp_path / "absent" / "vkdb.sqlite"
+    path = tmp_path / "absent.ini"
+    path.write_text("[app:main]\nuse = call:georeference.settings:app_factory\n"
+                    f"sqlalchemy.url = sqlite:///{database}\n")
+    for command in (["start"], ["run", "--once"]):
+        result = run(RUNNER, "--config", str(path), *command)
+        assert result.returncode == 2
+        assert f"SQLite database {database} not found" in result.stderr
+    status = run(RUNNER, "--config", str(path), "status")
+    assert f"database: SQLite database {database} not found" in status.stdout
+    assert not database.parent.exists()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_broken_logging_fails_start(ini, tmp_path):
+    text = open(ini, encoding="utf-8").read().replace("keys = logfile", "keys = logfil")
+    with open(ini, "w", encoding="utf-8") as config:
+        config.write(text)
+    started = time.monotonic()
+    result = run(RUNNER, "--config", ini, "start")
+    assert result.returncode == 2
+    assert "invalid logging configuration" in result.stderr
+    assert "handler_logfil" in result.stderr
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_output_into_closed_pipe(ini, settings, engine):
+    for program, arguments in ((RUNNER, ["status"]), (JOBS, ["list"])):
+        reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL)
+        writer = subprocess.run([program, "--config", ini, *arguments], stdout=reader.stdin,
+                                stderr=subprocess.PIPE, text=True, timeout=60, cwd=PROJECT)
+        reader.stdin.close()
+        reader.wait()
+        assert "Traceback" not in writer.stderr
+        assert "BrokenPipeError" not in writer.stderr
