@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Sequence
 
@@ -12,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from georeference.cli.output import discard_stdout
 from georeference.database import check_database, make_engine
 from georeference.errors import ConfigurationError, StorageError
 from georeference.jobs import JOB_TYPES
@@ -113,8 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
-        # The reader of our output (for example `| head`) went away: not an error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         return EXIT_OK
 
 

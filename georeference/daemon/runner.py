@@ -20,6 +20,7 @@ if __package__ in (None, ""):
     # script's folder, whose module names must not shadow others.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from georeference.cli.output import discard_stdout
 from georeference.daemon.pidfile import AlreadyRunningError, PidFile, is_locked, read_pid
 from georeference.errors import ConfigurationError, StorageError
 from georeference.settings import Settings, load_settings
@@ -300,8 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"georeference-runner: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
-        # The reader of our output (for example `| head`) went away: not an error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         return EXIT_OK
 
 
