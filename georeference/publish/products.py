@@ -61,7 +61,12 @@ class StagedProducts:
         self.changes.append(_Change(final=final, staged=None))
 
     def install(self) -> None:
-        """Move every staged product into place; on an error, undo what was done and raise."""
+        """Move every staged product into place; on an error, undo what was done and raise.
+
+        NOTE: each product is replaced in one rename, but products in different roots are
+        replaced one after another. A runner killed within those few milliseconds leaves
+        a mix of old and new products until the job, claimed again, installs them anew.
+        """
         done: list[_Change] = []
         try:
             for change in self.changes:
