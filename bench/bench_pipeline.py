@@ -440,8 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job-callable", default="bench.job_pipeline:run_transformation_job", help="the job path as module:function")
     parser.add_argument("--tiles-callable", default="bench.bench_pipeline:tile_scan_directly", help="the tile-only path as module:function")
     parser.add_argument("--large", action="store_true", help="use a ~40000 x 30000 repeat of the sample as the scan")
+    parser.add_argument("--geotiff-compression", choices=("DEFLATE", "ZSTD", "LZW"),
+                        help="GeoTIFF compression of the job (default: the project's default)")
     parser.add_argument("--write-readme", action="store_true", help="write the results into bench/README.md")
     args = parser.parse_args(argv)
+    if args.geotiff_compression:
+        # The job runs in a child process; job_pipeline.py reads the choice from here.
+        os.environ["BENCH_GEOTIFF_COMPRESSION"] = args.geotiff_compression
     paths = [name.strip() for name in args.paths.split(",") if name.strip()]
     if not paths or set(paths) - set(PATHS):
         parser.error(f"--paths takes a comma-separated subset of {', '.join(PATHS)}")

@@ -85,6 +85,10 @@ def run_transformation_job(scan_path: str, gcps: Sequence[Any], gcp_srs: str, ou
         config["georeference.tms.min_zoom"] = str(min_zoom)
     if max_zoom is not None:
         config["georeference.tms.max_zoom"] = str(max_zoom)
+    # bench_pipeline.py --geotiff-compression passes the choice down to this child.
+    compression = os.environ.get("BENCH_GEOTIFF_COMPRESSION")
+    if compression:
+        config["georeference.geotiff.compression"] = compression
     settings = build_settings(config, work)
     engine = make_engine(settings.database_url)
     create_schema(engine)
