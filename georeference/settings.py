@@ -46,7 +46,7 @@ _KEYS: dict[str, tuple[str, str, Any]] = {
     "georeference.tms.min_zoom": ("tms_min_zoom", "optional_int", None),
     "georeference.tms.max_zoom": ("tms_max_zoom", "optional_int", None),
     "georeference.tms.layout": ("tms_layout", "str", "tms"),
-    # Worker processes for PNG encoding of tiles.
+    # PNG encoder threads and GDAL warp threads for the tiles.
     "georeference.tms.processes": ("tms_processes", "int", 2),
     # Compression of the georeferenced GeoTIFFs: DEFLATE (any GDAL or libtiff reader),
     # ZSTD (faster and smaller, needs GDAL 2.3+ built with zstd) or LZW.
