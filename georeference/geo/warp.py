@@ -303,8 +303,11 @@ def write_geo_image(gcp_vrt: str, spec: TransformationSpec, clip: ogr.Geometry |
     plain_path = os.path.join(work_dir, f"plain-{uuid.uuid4().hex}.tif")
     started = time.monotonic()
     try:
+        # copyMetadata=False: the scan's own TIFF tags (scanner software, document name)
+        # do not describe the georeferenced map.
         plain = gdal.Warp(plain_path, gcp_vrt, options=gdal.WarpOptions(
-            format="GTiff", creationOptions=PLAIN_OPTIONS, callback=callback, **warp_options))
+            format="GTiff", creationOptions=PLAIN_OPTIONS, callback=callback,
+            copyMetadata=False, **warp_options))
         plain.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
         warped_at = time.monotonic()
         build_overviews(plain, BLOCK_SIZE)

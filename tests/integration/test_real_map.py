@@ -79,6 +79,9 @@ def test_neatline_corners_land_in_place(real_settings, engine, session_factory, 
     # The reference warp of this scan has 1.954e-5 degrees per pixel.
     assert pixel_x == pytest.approx(1.954e-5, rel=0.01)
 
+    # The scan carries TIFFTAG_SOFTWARE=Adobe Photoshop; the geo image must not claim it.
+    assert "TIFFTAG_SOFTWARE" not in image.GetMetadata()
+
     alpha = image.GetRasterBand(4).ReadAsArray(image.RasterXSize // 2 - 50,
                                                image.RasterYSize // 2 - 50, 100, 100)
     assert (alpha == 255).all()
