@@ -53,7 +53,7 @@ from georeference.geo import tiles  # noqa: E402
 logger = logging.getLogger(__name__)
 gdal.UseExceptions()
 
-SAMPLE_SCAN = "/work/shared/data/maps/test-mtb.tif"
+SAMPLE_SCAN = str(Path(__file__).resolve().parent.parent / "sample_data" / "raw" / "mtb" / "test-mtb.tif")
 SAMPLE_GCP_SRS = "EPSG:4314"
 SAMPLE_GCPS: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
     ((637, 652), (9.999999047035397, 48.90000152653428)),

@@ -1,8 +1,8 @@
 """Error classes of the runner.
 
-The job loop treats these three families differently: bad input fails a job once and is
-never retried, a processing error fails the job with the step that broke, and a storage
-error (database or search index unreachable) is retried at the next poll.
+The job loop treats these three families differently. Bad input fails a job once and is
+never retried. A processing error fails the job with the step that broke. A storage error
+(database or search index unreachable) releases the job, which is retried after a delay.
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def load_settings(ini_path: str) -> Settings:
     """Load the ``[app:main]`` section of a PasteDeploy ini file.
 
     Raises:
-        ConfigurationError: the file is missing, cannot be parsed, or holds a bad value.
+        ConfigurationError: the file is missing, cannot be parsed, or contains a bad value.
     """
     from paste.deploy import loadapp
 

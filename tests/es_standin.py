@@ -9,7 +9,7 @@ runner must not do, such as writing to an index it did not create with an explic
 Modes switch its behaviour to simulate an index that cannot be reached:
 ``ok`` serves requests, ``fail`` returns 503 to everything, ``slow`` waits ``delay`` seconds
 before it serves, and ``refuse`` closes the listening socket so connections are refused.
-``reject`` answers document writes with 400 as a node does for a document that does not fit
+``reject`` responds to document writes with 400 as a node does for a document that does not fit
 the mapping.
 """
 

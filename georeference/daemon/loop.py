@@ -1,11 +1,11 @@
 """The job loop: wait for jobs, claim one, run its handler, record the outcome in one place.
 
 Outcomes:
-- completed: the handler returned; products are installed and the job's database changes
+- completed: the handler returned. Products are installed, and the job's database changes
   commit together with its ``completed`` state and history row.
-- failed: bad input or a failed step; the job's own changes are rolled back, staged products
-  dropped, and the message stored as the job's comment. Not retried.
-- released: a transient error (database or index unreachable); the job goes back to the
+- failed: bad input or a failed step. The job's own changes are rolled back, staged products
+  are dropped, and the message becomes the job's comment. The job is not retried.
+- released: a transient error (database or index unreachable). The job goes back to the
   queue and is claimed again after a growing delay.
 """
 
@@ -251,8 +251,8 @@ class JobLoop:
         limit = self.settings.time_limit
 
         def should_stop() -> bool:
-            # Long steps (warp, tiles) poll this: past the time limit, or once another
-            # runner holds the job, going on only wastes the machine.
+            # Long steps (warp, tiles) poll this. Past the time limit, or once another
+            # runner has claimed the job, going on would only waste the machine.
             return time.monotonic() - started > limit or lease.lost.is_set()
 
         return JobContext(

@@ -1,6 +1,6 @@
 """A pidfile held with an exclusive lock for as long as the runner lives.
 
-The lock, not the pid in the file, tells whether a runner is alive: the kernel releases it
+The lock, not the pid in the file, shows whether a runner is alive: the kernel releases it
 when the process ends, even by ``kill -9``, so a stale pidfile is recognised without
 guessing whether a reused pid belongs to another program.
 """

@@ -196,7 +196,8 @@ class JobStore:
         """Give a job back to the queue, claimable again after ``retry_after`` seconds.
 
         The claim is taken back from ``attempts`` and counted in ``retries`` instead, so a
-        job that keeps meeting a database outage is never failed as if its runner died.
+        job released after a database outage is not counted as a runner death. A release
+        that cannot be written (the database is still down) leaves the claim counted.
         """
         with self.sessions.begin() as session:
             session.execute(

@@ -18,6 +18,16 @@ ogr.UseExceptions()
 _POLYGONAL = (ogr.wkbPolygon, ogr.wkbMultiPolygon)
 
 
+def rectangle(min_x: float, min_y: float, max_x: float, max_y: float) -> ogr.Geometry:
+    """Return an axis-aligned rectangle as an OGR polygon, without a spatial reference."""
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in ((min_x, min_y), (max_x, min_y), (max_x, max_y), (min_x, max_y), (min_x, min_y)):
+        ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    return polygon
+
+
 def largest_polygon(geometry: ogr.Geometry) -> ogr.Geometry | None:
     """Return a copy of the part with the largest area, or None when no part has an area.
 

@@ -30,6 +30,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 from PIL import Image
 
+from georeference.geo.clip import rectangle
 from georeference.geo.reduce import reduce_half
 
 logger = logging.getLogger(__name__)
@@ -484,10 +485,10 @@ class _ClipMask:
         height, width = strip.shape[:2]
         left = -HALF_WORLD_M + tiles.min_col * TILE_SIZE * resolution
         top = HALF_WORLD_M - row * TILE_SIZE * resolution
-        rectangle = _rectangle(left, top - height * resolution, left + width * resolution, top)
-        if self._geometry.Contains(rectangle):
+        strip_area = rectangle(left, top - height * resolution, left + width * resolution, top)
+        if self._geometry.Contains(strip_area):
             return
-        if not self._geometry.Intersects(rectangle):
+        if not self._geometry.Intersects(strip_area):
             strip[..., 3] = 0
             return
         mask_dataset = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
@@ -495,15 +496,6 @@ class _ClipMask:
         gdal.RasterizeLayer(mask_dataset, [1], self._layer, burn_values=[1])
         inside = mask_dataset.GetRasterBand(1).ReadAsArray().astype(bool)
         strip[..., 3][~inside] = 0
-
-
-def _rectangle(min_x: float, min_y: float, max_x: float, max_y: float) -> ogr.Geometry:
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in ((min_x, min_y), (max_x, min_y), (max_x, max_y), (min_x, max_y), (min_x, min_y)):
-        ring.AddPoint_2D(x, y)
-    polygon = ogr.Geometry(ogr.wkbPolygon)
-    polygon.AddGeometry(ring)
-    return polygon
 
 
 class _PyramidReducer:

@@ -29,7 +29,7 @@ class Base(DeclarativeBase):
 
 
 class RawMap(Base):
-    """A scanned map as the library holds it."""
+    """A scanned map in the library's collection."""
 
     __tablename__ = "raw_maps"
 

@@ -1,6 +1,6 @@
 """A geometry column type that serves PostGIS and the embedded SQLite database alike.
 
-Python code always sees GeoJSON text in EPSG:4326. On PostgreSQL the column is a PostGIS
+Python code always reads and writes GeoJSON text in EPSG:4326. On PostgreSQL the column is a PostGIS
 ``geometry(…, 4326)`` and values pass through ``ST_GeomFromGeoJSON``/``ST_AsGeoJSON``. On SQLite
 the column is plain text, and ``install_sqlite_functions`` registers those two SQL functions
 (and ``ST_SetSRID``) as identities, so one code path and one set of queries serves both.

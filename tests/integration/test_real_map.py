@@ -115,7 +115,7 @@ def test_unclipped_warp_matches_reference(real_settings, engine, session_factory
     assert 0 in corners
     assert alpha.ReadAsArray(image.RasterXSize // 2, image.RasterYSize // 2, 1, 1)[0, 0] == 255
 
-    # The neatline corner at scan pixel (637, 652) must hold where its GCP says.
+    # The neatline corner at scan pixel (637, 652) must lie where its GCP puts it.
     (west, _, _, north), pixel_x, pixel_y = _bounds(image)
     (_, (lon, lat)) = NEATLINE_GCPS[0]
     column = (lon - west) / pixel_x

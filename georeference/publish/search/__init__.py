@@ -157,8 +157,8 @@ def queue_map_update(session: Session, raw_map_id: int) -> None:
     """Queue the map's document in the outbox, in the caller's transaction.
 
     This is the transactional outbox for an external index: the queued update commits
-    together with the job's changes, and ``flush_outbox`` sends it after the commit, so the
-    index is never ahead of the database and never loses an update.
+    together with the job's changes, and ``flush_outbox`` sends it after the commit. So the
+    index is not ahead of the database, and an update that fails stays queued until sent.
     """
     if session.get(SearchOutbox, raw_map_id) is None:
         session.add(SearchOutbox(raw_map_id=raw_map_id, queued=utcnow(), attempts=0))

@@ -20,7 +20,7 @@ from osgeo import gdal, ogr
 from sqlalchemy.orm import Session
 
 from georeference.errors import ConfigurationError, JobInputError
-from georeference.geo.clip import largest_polygon
+from georeference.geo.clip import largest_polygon, rectangle
 from georeference.models import GeorefMap, Metadata, RawMap, Transformation
 from georeference.publish.mapfile import sanitize_layer_name
 from georeference.settings import Settings
@@ -176,7 +176,7 @@ def _fit_world_bounds(geometry: ogr.Geometry) -> ogr.Geometry:
     min_lon, max_lon, min_lat, max_lat = geometry.GetEnvelope()
     if min_lon >= west and max_lon <= east and min_lat >= south and max_lat <= north:
         return geometry
-    return geometry.Intersection(_box(*WORLD_BOUNDS))
+    return geometry.Intersection(rectangle(*WORLD_BOUNDS))
 
 
 def _translate(geometry: ogr.Geometry, dx: float) -> ogr.Geometry:
@@ -193,15 +193,6 @@ def _shift_coordinates(value: Any, dx: float) -> Any:
     if isinstance(value, list):
         return [_shift_coordinates(item, dx) for item in value]
     return value
-
-
-def _box(west: float, south: float, east: float, north: float) -> ogr.Geometry:
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for lon, lat in ((west, south), (east, south), (east, north), (west, north), (west, south)):
-        ring.AddPoint_2D(lon, lat)
-    polygon = ogr.Geometry(ogr.wkbPolygon)
-    polygon.AddGeometry(ring)
-    return polygon
 
 
 def _orient_polygon(coordinates: list[Ring]) -> dict[str, Any]:
