@@ -8,6 +8,8 @@ same weighting in a fraction of the time, and memory stays bounded by two strips
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 from osgeo import gdal
 
@@ -32,16 +34,10 @@ def overview_factors(width: int, height: int, block_size: int) -> list[int]:
 def _read_rgba(dataset: gdal.Dataset | None, bands: list[gdal.Band], width: int, row: int,
                rows: int) -> np.ndarray:
     """Read a strip as (rows, width, 4), padded with transparent pixels to even sizes."""
-    if dataset is not None:
-        # One pixel-interleaved read of the full-resolution image instead of four.
-        raw = dataset.ReadRaster(0, row, width, rows, buf_pixel_space=4,
-                                 buf_line_space=4 * width, buf_band_space=1)
-        pixels = np.frombuffer(raw, dtype=np.uint8).reshape(rows, width, 4)
-        if rows % 2 == 0 and width % 2 == 0:
-            return pixels
     strip = np.zeros((rows + rows % 2, width + width % 2, 4), dtype=np.uint8)
     if dataset is not None:
-        strip[:rows, :width] = pixels
+        # One pixel-interleaved read of the full-resolution image, straight into the strip.
+        dataset.ReadAsArray(0, row, width, rows, buf_obj=strip[:rows, :width], interleave="pixel")
         return strip
     for index, band in enumerate(bands):
         strip[:rows, :width, index] = band.ReadAsArray(0, row, width, rows)
@@ -67,18 +63,33 @@ def build_overviews(dataset: gdal.Dataset, block_size: int) -> list[int]:
     dataset.BuildOverviews("NONE", factors)
 
     bands = [dataset.GetRasterBand(index) for index in range(1, 5)]
-    for level in range(len(factors)):
-        finer = bands if level == 0 else [band.GetOverview(level - 1) for band in bands]
-        coarser = [band.GetOverview(level) for band in bands]
-        width, height = finer[0].XSize, finer[0].YSize
-        out_width, out_height = coarser[0].XSize, coarser[0].YSize
-        for row in range(0, height, STRIP_ROWS):
-            rows = min(STRIP_ROWS, height - row)
-            source = dataset if level == 0 else None
-            reduced = reduce_half(_read_rgba(source, finer, width, row, rows))
-            out_row = row // 2
-            reduced = reduced[:max(0, min(reduced.shape[0], out_height - out_row)), :out_width]
-            if reduced.shape[0]:
-                _write_rgba(coarser, out_row, reduced)
+    # One thread halves a strip while this one reads the next and writes the previous:
+    # GDAL, Pillow and numpy release the GIL for most of that work.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="overviews") as pool:
+        for level in range(len(factors)):
+            finer = bands if level == 0 else [band.GetOverview(level - 1) for band in bands]
+            coarser = [band.GetOverview(level) for band in bands]
+            _halve_level(dataset if level == 0 else None, finer, coarser, pool)
     dataset.FlushCache()
     return factors
+
+
+def _halve_level(dataset: gdal.Dataset | None, finer: list[gdal.Band], coarser: list[gdal.Band],
+                 pool: ThreadPoolExecutor) -> None:
+    width, height = finer[0].XSize, finer[0].YSize
+    out_width, out_height = coarser[0].XSize, coarser[0].YSize
+
+    def write(out_row: int, reduced: np.ndarray) -> None:
+        reduced = reduced[:max(0, min(reduced.shape[0], out_height - out_row)), :out_width]
+        if reduced.shape[0]:
+            _write_rgba(coarser, out_row, reduced)
+
+    pending: tuple[int, Future[np.ndarray]] | None = None
+    for row in range(0, height, STRIP_ROWS):
+        rows = min(STRIP_ROWS, height - row)
+        future = pool.submit(reduce_half, _read_rgba(dataset, finer, width, row, rows))
+        if pending is not None:
+            write(pending[0], pending[1].result())
+        pending = (row // 2, future)
+    if pending is not None:
+        write(pending[0], pending[1].result())

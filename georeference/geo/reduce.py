@@ -1,7 +1,7 @@
 """Halve RGBA rasters with an alpha-weighted 2x2 average: tile pyramids and GeoTIFF overviews.
 
-Colours are averaged weighted by alpha, so fully transparent pixels (whose RGB is undefined,
-usually black) do not darken the map's edge in lower resolutions. Where all four pixels of a
+Colours are averaged weighted by alpha, so fully transparent pixels (black, as GDAL's warp
+leaves them) do not darken the map's edge in lower resolutions. Where all four pixels of a
 2x2 quad have the same alpha, the weighted average equals the plain one, so Pillow's C box
 reduction does the bulk and only the few quads along edges, whose alphas differ, are
 recomputed with weights in numpy.
@@ -16,11 +16,12 @@ from PIL import Image
 MAX_PART_WIDTH = 16384
 
 
-def _quad_extremes(alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    corners = (alpha[0::2, 0::2], alpha[0::2, 1::2], alpha[1::2, 0::2], alpha[1::2, 1::2])
-    low = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
-    high = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
-    return low, high
+def _mixed_quads(alpha: np.ndarray) -> np.ndarray:
+    """Return a mask, one entry per 2x2 quad, of the quads whose four alphas are not all equal."""
+    across = alpha[:, 0::2] != alpha[:, 1::2]
+    mixed = across[0::2] | across[1::2]
+    mixed |= alpha[0::2, 0::2] != alpha[1::2, 0::2]
+    return mixed
 
 
 def _weighted_quads(block: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -33,6 +34,8 @@ def _weighted_quads(block: np.ndarray, rows: np.ndarray, columns: np.ndarray) ->
     result = np.empty((len(rows), 4), dtype=np.uint8)
     result[:, :3] = (color_sum + divisor // 2) // divisor
     result[:, 3] = (alpha_sum + 2) >> 2
+    # An alpha that rounds to 0 makes the pixel fully transparent: its colour becomes 0 too.
+    result[result[:, 3] == 0] = 0
     return result
 
 
@@ -40,6 +43,8 @@ def reduce_half(block: np.ndarray) -> np.ndarray:
     """Halve an RGBA block (even height and width) with an alpha-weighted 2x2 average.
 
     Alpha itself is the plain average of the four pixels; colours are weighted by alpha.
+    Fully transparent pixels should have colour 0, as GDAL's warp and the tile clip leave
+    them; then fully transparent output pixels have colour 0 as well.
     """
     if block.shape[0] % 2 or block.shape[1] % 2:
         raise ValueError(f"block of {block.shape[1]} x {block.shape[0]} pixels is not even")
@@ -56,10 +61,9 @@ def reduce_half(block: np.ndarray) -> np.ndarray:
     image = Image.frombuffer("RGBa", (block.shape[1], block.shape[0]), contiguous, "raw",
                              "RGBa", 0, 1)
     result = np.array(image.reduce(2))
-    low, high = _quad_extremes(alpha)
-    rows, columns = np.nonzero(low != high)
+    if alpha.min() == 255:
+        return result
+    rows, columns = np.nonzero(_mixed_quads(alpha))
     if len(rows):
         result[rows, columns] = _weighted_quads(block, rows, columns)
-    transparent = high == 0
-    result[transparent] = 0
     return result

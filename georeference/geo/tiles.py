@@ -1,8 +1,9 @@
 """Build a Web Mercator (EPSG:3857) PNG tile pyramid straight from a scan.
 
 The source is warped once, strip by strip, from its own pixel grid (via its
-geotransform or its ground control points) into the tile grid of the warp
-zoom: the highest zoom written, or one finer when the scan is finer than that.
+geotransform or its ground control points) into the tile grid of the highest
+zoom written. A scan much finer than that zoom is first averaged down by a power
+of two (``scan_reduction``), so the warp samples an anti-aliased image.
 Every lower level is then reduced from the level above in memory with an
 alpha-weighted 2x2 average, and memory stays bounded by a few strips whatever
 the size of the scan. PNG encoding runs in threads while the calling thread
@@ -20,6 +21,7 @@ import io
 import logging
 import math
 import os
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +34,7 @@ from PIL import Image
 
 from georeference.geo.clip import rectangle
 from georeference.geo.reduce import reduce_half
+from georeference.geo.scan_reduction import ReductionStopped, reduced_copy, reduction_factor
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +66,12 @@ PNG_COMPRESS_LEVEL = 6
 """zlib level for the PNG files, the same default as libpng and Pillow."""
 
 WARP_RESAMPLING = "near"
-"""Warp kernel from the scan into the warp zoom. The warp zoom is at least as fine
-as the scan (one above the highest zoom written when that one is coarser), so
-nearest neighbour picks about one scan pixel per output pixel, as gdalwarp's
-default does for a georeferenced image, and the 2x2 alpha-weighted average
-below it prevents aliasing, as gdal2tiles --resampling=average does. This is
-about three times faster than warping with GDAL's average kernel straight into
-the highest zoom."""
+"""Warp kernel into the highest zoom. The scan has been averaged down to within
+``scan_reduction.MAX_COARSENING`` of that zoom's resolution, so nearest neighbour
+picks about one averaged pixel per output pixel without aliasing. On the sample
+scan at zoom 15 this tiles in 2.0 s against 2.4 s with bilinear (29.2 dB against
+the old pipeline, 26.3 dB with nearest, both above the 25 dB required) and 3.4 s
+for the previous way, nearest neighbour into zoom 16 and halving to zoom 15."""
 
 GDAL_CACHE_MAX_BYTES = 256 * 1024 * 1024
 """Upper bound for GDAL's block cache during a build, so that the decoded scan
@@ -202,6 +204,7 @@ def build_tile_pyramid(
     title: str = "",
     pool: ThreadPoolExecutor | None = None,
     should_stop: Callable[[], bool] | None = None,
+    scratch_dir: str | None = None,
 ) -> TilePyramid:
     """Warp a raster once into Web Mercator tiles and write the whole pyramid.
 
@@ -227,6 +230,8 @@ def build_tile_pyramid(
             across builds. Without one, ``processes`` threads are started per build.
         should_stop: Polled before each strip is warped; when it returns True the
             build ends with ``TileBuildStopped``, leaving a partial output folder.
+        scratch_dir: Where a reduced copy of a large scan is written for the
+            duration of the build; the system's temporary folder by default.
 
     Returns:
         The zoom range written and the number and total size of the tiles.
@@ -249,29 +254,33 @@ def build_tile_pyramid(
         footprint, source_resolution, min_zoom, max_zoom, max_zoom_cap
     )
     top_range = tile_range_for_extent(footprint, high_zoom)
-    # Warp one zoom finer than the highest written when the scan is finer than that zoom.
-    warp_zoom = min(max(high_zoom, native_zoom(source_resolution)), high_zoom + 1)
-    warp_range = tile_range_for_extent(footprint, warp_zoom)
+    factor = reduction_factor(source_resolution, tile_resolution(high_zoom))
     logger.info(
-        "Building tiles of %s into %s: zoom %d-%d, %d x %d tiles at zoom %d",
+        "Building tiles of %s into %s: zoom %d-%d, %d x %d tiles at zoom %d, scan reduced %d times",
         source_path, output_dir, low_zoom, high_zoom,
-        top_range.col_count, top_range.row_count, high_zoom,
+        top_range.col_count, top_range.row_count, high_zoom, factor,
     )
     os.makedirs(output_dir, exist_ok=True)
 
     previous_cache_max = gdal.GetCacheMax()
     gdal.SetCacheMax(min(previous_cache_max, GDAL_CACHE_MAX_BYTES))
     try:
-        with _TileWriter(output_dir, layout, processes, pool) as writer:
+        with tempfile.TemporaryDirectory(prefix="tile-source-", dir=scratch_dir) as scratch, \
+                _TileWriter(output_dir, layout, processes, pool) as writer:
+            warp_source = source
+            if factor > 1:
+                warp_source = _reduce_source(source_path, factor, scratch, writer.pool, should_stop)
             reducer = _PyramidReducer(low_zoom, high_zoom, writer)
-            warper = _StripWarper(source, transformer_options, processes)
-            for row, strip in warper.warp_rows(warp_range):
+            warper = _StripWarper(warp_source, transformer_options, processes)
+            for row, strip in warper.warp_rows(top_range):
                 if should_stop is not None and should_stop():
                     raise TileBuildStopped(f"tile build of {source_path} stopped at row {row}")
                 if clip is not None:
-                    clip.apply(strip, warp_range, row)
-                reducer.add_row(warp_zoom, row, warp_range.min_col, strip)
+                    clip.apply(strip, top_range, row)
+                reducer.add_row(high_zoom, row, top_range.min_col, strip)
             reducer.finish()
+            # Close the reduced copy before its scratch folder is removed.
+            warper = warp_source = None
         tile_count, byte_count = writer.tile_count, writer.byte_count
     finally:
         gdal.SetCacheMax(previous_cache_max)
@@ -279,6 +288,14 @@ def build_tile_pyramid(
     _write_tilemapresource(output_dir, footprint, low_zoom, high_zoom, title)
     logger.info("Wrote %d tiles (%d bytes) into %s", tile_count, byte_count, output_dir)
     return TilePyramid(output_dir, low_zoom, high_zoom, tile_count, byte_count, layout)
+
+
+def _reduce_source(source_path: str, factor: int, scratch: str, pool: ThreadPoolExecutor | None,
+                   should_stop: Callable[[], bool] | None) -> gdal.Dataset:
+    try:
+        return reduced_copy(lambda: _open_source(source_path), factor, scratch, pool, should_stop)
+    except ReductionStopped as stopped:
+        raise TileBuildStopped(f"tile build of {source_path} stopped: {stopped}") from None
 
 
 def _validate_arguments(
@@ -480,7 +497,7 @@ class _ClipMask:
         return cls(geometry)
 
     def apply(self, strip: np.ndarray, tiles: TileRange, row: int) -> None:
-        """Set alpha to 0 in ``strip`` where pixel centres fall outside the polygon."""
+        """Make ``strip`` transparent (0, 0, 0, 0) where pixel centres fall outside the polygon."""
         resolution = tile_resolution(tiles.zoom)
         height, width = strip.shape[:2]
         left = -HALF_WORLD_M + tiles.min_col * TILE_SIZE * resolution
@@ -489,13 +506,14 @@ class _ClipMask:
         if self._geometry.Contains(strip_area):
             return
         if not self._geometry.Intersects(strip_area):
-            strip[..., 3] = 0
+            strip[...] = 0
             return
         mask_dataset = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
         mask_dataset.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
         gdal.RasterizeLayer(mask_dataset, [1], self._layer, burn_values=[1])
         inside = mask_dataset.GetRasterBand(1).ReadAsArray().astype(bool)
-        strip[..., 3][~inside] = 0
+        # Colour too, so that transparent pixels are all (0, 0, 0, 0) as reduce_half expects.
+        strip[~inside] = 0
 
 
 class _PyramidReducer:
@@ -547,21 +565,26 @@ class _PyramidReducer:
         upper: tuple[int, int, np.ndarray] | None,
         lower: tuple[int, int, np.ndarray] | None,
     ) -> None:
-        """Join an even (upper) and an odd (lower) strip, either may be missing, and halve them."""
+        """Halve an even (upper) and an odd (lower) strip, either may be missing, into one parent strip.
+
+        Strips and column offsets are whole tiles, an even number of pixels, so no 2x2
+        quad spans two strips and each strip is halved on its own.
+        """
         present = upper if upper is not None else lower
         assert present is not None
         row, min_col, strip = present
         col_count = strip.shape[1] // TILE_SIZE
         parent_min_col = min_col // 2
         parent_cols = (min_col + col_count - 1) // 2 - parent_min_col + 1
-        offset = (min_col - 2 * parent_min_col) * TILE_SIZE
+        offset = (min_col - 2 * parent_min_col) * TILE_SIZE // 2
+        half = TILE_SIZE // 2
 
-        block = np.zeros((2 * TILE_SIZE, 2 * parent_cols * TILE_SIZE, 4), dtype=np.uint8)
+        parent = np.zeros((TILE_SIZE, parent_cols * TILE_SIZE, 4), dtype=np.uint8)
         if upper is not None:
-            block[:TILE_SIZE, offset : offset + strip.shape[1]] = upper[2]
+            parent[:half, offset : offset + strip.shape[1] // 2] = reduce_half(upper[2])
         if lower is not None:
-            block[TILE_SIZE:, offset : offset + strip.shape[1]] = lower[2]
-        self.add_row(zoom - 1, row // 2, parent_min_col, reduce_half(block))
+            parent[half:, offset : offset + strip.shape[1] // 2] = reduce_half(lower[2])
+        self.add_row(zoom - 1, row // 2, parent_min_col, parent)
 
 
 class _TileWriter:
@@ -601,6 +624,11 @@ class _TileWriter:
         finally:
             if self._pool is not None and self._own_pool:
                 self._pool.shutdown(wait=True)
+
+    @property
+    def pool(self) -> ThreadPoolExecutor | None:
+        """The encoder threads, idle until the first strip is written."""
+        return self._pool
 
     def write_strip(self, zoom: int, row: int, min_col: int, strip: np.ndarray) -> None:
         """Queue every tile of ``strip`` that has at least one visible pixel."""

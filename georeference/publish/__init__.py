@@ -26,13 +26,15 @@ def stage_tiles(ctx: JobContext, raw_map: RawMap, spec: TransformationSpec,
 
     settings = ctx.settings
     final = paths.tiles_path(settings.tms_root, raw_map.map_type, raw_map.file_name)
-    staged = os.path.join(ctx.map_staging_dir(raw_map.id), "tiles")
+    work_dir = ctx.map_staging_dir(raw_map.id)
+    staged = os.path.join(work_dir, "tiles")
     try:
         pyramid = build_tile_pyramid(
             gcp_vrt, staged, transformer_options=spec.transformer_options, clip_wkt=clip_wkt,
             min_zoom=settings.tms_min_zoom, max_zoom_cap=settings.tms_max_zoom,
             layout=settings.tms_layout, processes=settings.tms_processes,
-            title=raw_map.file_name, pool=ctx.tile_pool, should_stop=ctx.should_stop)
+            title=raw_map.file_name, pool=ctx.tile_pool, should_stop=ctx.should_stop,
+            scratch_dir=work_dir)
     except ValueError as exc:
         raise JobInputError(f"cannot cut tiles: {exc}") from None
     except (OSError, RuntimeError) as exc:

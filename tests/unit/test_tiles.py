@@ -262,6 +262,38 @@ def test_alpha_weighted_edge_not_darkened(tmp_path: Path) -> None:
     assert parent[10, 129, 3] == 0
 
 
+def test_scan_finer_than_top_zoom_is_averaged_not_aliased(tmp_path: Path) -> None:
+    """A scan four times finer than the top zoom: a one-pixel checkerboard turns grey.
+
+    Sampled without averaging, every tile pixel would be black or white.
+    """
+    size = 4 * TILE_SIZE
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    checker = ((np.arange(size)[:, None] + np.arange(size)[None, :]) % 2 * 255).astype(np.uint8)
+    image[:, : size // 2] = checker[:, : size // 2, None]
+    image[:, size // 2 :] = (200, 30, 30)
+    path = tmp_path / "fine.tif"
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
+    left, top = tile_origin(FIRST_COL, FIRST_ROW)
+    resolution = tile_resolution(ZOOM) / 4
+    dataset.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(3857)
+    dataset.SetSpatialRef(srs)
+    for band in range(3):
+        dataset.GetRasterBand(band + 1).WriteArray(image[..., band])
+    dataset = None
+
+    output = tmp_path / "tiles"
+    result = build_tile_pyramid(str(path), str(output), max_zoom=ZOOM, processes=2)
+    assert (result.max_zoom, result.tile_count) == (ZOOM, 1)
+    tile = read_tile(output, ZOOM, FIRST_COL, FIRST_ROW)
+    grey = tile[:, : TILE_SIZE // 2, :3].astype(int)
+    assert grey.min() >= 127 and grey.max() <= 128
+    assert np.all(tile[:, TILE_SIZE // 2 :, :3] == (200, 30, 30))
+    assert np.all(tile[..., 3] == 255)
+
+
 def test_neighbouring_tiles_have_no_seam(tmp_path: Path) -> None:
     # A horizontal staircase of 8 grey levels 32 apart across two tiles: far
     # enough apart for the fast octree palette to keep them exact. The pixels

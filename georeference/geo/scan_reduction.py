@@ -1,0 +1,161 @@
+"""Shrink a georeferenced scan with an area average, keeping its georeferencing.
+
+A tile pyramid whose highest zoom is coarser than the scan needs an area average of the
+scan, not a point sample: otherwise thin lines and lettering alias. Averaging the scan
+down to the resolution of that zoom first and then warping it with nearest neighbour is
+much cheaper than GDAL's average kernel, or than warping at a finer zoom and halving the
+result, because the expensive warp then runs over far fewer pixels.
+
+The reduced copy is georeferenced like the scan: GCP pixel and line positions and the
+geotransform are scaled per axis, which describes the same transformation for affine,
+polynomial and thin plate spline fits. It lives in memory when small and in an
+uncompressed GeoTIFF in a scratch folder otherwise, so a very large scan is never held
+whole in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, wait
+
+import numpy as np
+from osgeo import gdal
+from PIL import Image
+
+gdal.UseExceptions()
+
+MAX_COARSENING = 1.15
+"""How much coarser than the target resolution the reduced scan may be. Halving the scan is
+far cheaper than shrinking it by an arbitrary factor (Pillow's integer box reduction against
+its general box filter), so a scan 1.8 times finer than the target is halved and ends up
+about 10 % coarser than the target, which the warp's bilinear kernel smooths over."""
+
+IN_MEMORY_MAX_BYTES = 256 * 1024 * 1024
+"""Reduced copies up to this size are kept in a MEM dataset; larger ones go to disk."""
+
+OUTPUT_ROWS_PER_READ = 256
+"""Rows of the reduced copy computed per read of the scan."""
+
+STRIPS_IN_FLIGHT = 4
+"""Strips being reduced by the pool at once, which bounds the memory they hold."""
+
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+class ReductionStopped(RuntimeError):
+    """Raised when the caller's ``should_stop`` returned True during the reduction."""
+
+
+def reduction_factor(source_resolution: float, target_resolution: float) -> int:
+    """Return the power of two by which the scan should shrink for the target resolution (1: not at all)."""
+    factor = 1
+    while source_resolution * factor * 2 <= target_resolution * MAX_COARSENING:
+        factor *= 2
+    return factor
+
+
+def reduced_copy(open_source: Callable[[], gdal.Dataset], factor: int, scratch_dir: str,
+                 pool: Executor | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 memory_limit: int = IN_MEMORY_MAX_BYTES) -> gdal.Dataset:
+    """Return the source shrunk ``factor`` times on each axis, georeferenced like the source.
+
+    Every output pixel is the average of a box of ``factor`` x ``factor`` scan pixels; the
+    boxes at the right and bottom edges average the pixels they have. Pillow weights colours
+    by alpha when the scan has an alpha band, so transparent pixels do not darken edges.
+
+    Args:
+        open_source: returns a new handle of the scan (8-bit gray or RGB, optionally with an
+            alpha band last). Each strip opens its own, because a GDAL dataset must not be
+            read from two threads at once.
+        factor: a power of two, at least 2.
+        scratch_dir: where a copy too large for memory is written.
+        pool: threads that decode and reduce strips side by side; None works in the caller.
+        should_stop: polled between strips; True ends the reduction with ``ReductionStopped``.
+        memory_limit: the largest copy, in bytes, kept in memory rather than on disk.
+    """
+    if factor < 2 or factor & (factor - 1):
+        raise ValueError(f"reduction factor {factor} is not a power of two above 1")
+    source = open_source()
+    bands = source.RasterCount
+    if bands not in _MODES:
+        raise ValueError(f"cannot reduce a scan with {bands} bands")
+
+    width = -(-source.RasterXSize // factor)
+    height = -(-source.RasterYSize // factor)
+    target = _create_target(source, width, height, scratch_dir, memory_limit)
+    _copy_georeferencing(source, target, factor)
+
+    def reduce_strip(out_row: int) -> bytes:
+        strip_source = open_source()
+        first = out_row * factor
+        rows = min(OUTPUT_ROWS_PER_READ * factor, strip_source.RasterYSize - first)
+        return _read_strip(strip_source, first, rows).reduce(factor).tobytes()
+
+    in_flight: deque[tuple[int, Future[bytes]]] = deque()
+    try:
+        for out_row in range(0, height, OUTPUT_ROWS_PER_READ):
+            if should_stop is not None and should_stop():
+                raise ReductionStopped(f"reduction of the scan stopped at row {out_row * factor}")
+            if pool is None:
+                _write_strip(target, out_row, reduce_strip(out_row))
+                continue
+            in_flight.append((out_row, pool.submit(reduce_strip, out_row)))
+            while len(in_flight) >= STRIPS_IN_FLIGHT:
+                row, future = in_flight.popleft()
+                _write_strip(target, row, future.result())
+        while in_flight:
+            row, future = in_flight.popleft()
+            _write_strip(target, row, future.result())
+    finally:
+        for _, future in in_flight:
+            future.cancel()
+        wait([future for _, future in in_flight])
+    return target
+
+
+def _write_strip(target: gdal.Dataset, out_row: int, pixels: bytes) -> None:
+    bands, width = target.RasterCount, target.RasterXSize
+    rows = len(pixels) // (bands * width)
+    target.WriteRaster(0, out_row, width, rows, pixels, buf_pixel_space=bands,
+                       buf_line_space=bands * width, buf_band_space=1)
+
+
+def _read_strip(source: gdal.Dataset, first: int, rows: int) -> Image.Image:
+    bands, width = source.RasterCount, source.RasterXSize
+    raw = source.ReadRaster(0, first, width, rows, buf_pixel_space=bands,
+                            buf_line_space=bands * width, buf_band_space=1)
+    mode = _MODES[bands]
+    return Image.frombuffer(mode, (width, rows), raw, "raw", mode, 0, 1)
+
+
+def _create_target(source: gdal.Dataset, width: int, height: int, scratch_dir: str,
+                   memory_limit: int) -> gdal.Dataset:
+    bands = source.RasterCount
+    if width * height * bands <= memory_limit:
+        target = gdal.GetDriverByName("MEM").Create("", width, height, bands, gdal.GDT_Byte,
+                                                    options=["INTERLEAVE=PIXEL"])
+    else:
+        path = os.path.join(scratch_dir, "reduced-scan.tif")
+        target = gdal.GetDriverByName("GTiff").Create(
+            path, width, height, bands, gdal.GDT_Byte,
+            options=["INTERLEAVE=PIXEL", "TILED=YES", "BIGTIFF=IF_SAFER"])
+    for index in range(1, bands + 1):
+        interpretation = source.GetRasterBand(index).GetColorInterpretation()
+        target.GetRasterBand(index).SetColorInterpretation(interpretation)
+    return target
+
+
+def _copy_georeferencing(source: gdal.Dataset, target: gdal.Dataset, factor: int) -> None:
+    if source.GetGCPCount():
+        gcps = [gdal.GCP(gcp.GCPX, gcp.GCPY, gcp.GCPZ, gcp.GCPPixel / factor,
+                         gcp.GCPLine / factor, gcp.Info, gcp.Id)
+                for gcp in source.GetGCPs()]
+        target.SetGCPs(gcps, source.GetGCPSpatialRef())
+        return
+    origin_x, x_step, x_skew, origin_y, y_skew, y_step = source.GetGeoTransform()
+    target.SetGeoTransform((origin_x, x_step * factor, x_skew * factor,
+                            origin_y, y_skew * factor, y_step * factor))
+    target.SetSpatialRef(source.GetSpatialRef())
