@@ -52,18 +52,19 @@ def reduce_half(block: np.ndarray) -> np.ndarray:
         half = MAX_PART_WIDTH
         return np.concatenate([reduce_half(block[:, :half]), reduce_half(block[:, half:])], axis=1)
 
-    alpha = block[..., 3]
-    if not alpha.any():
-        return np.zeros((block.shape[0] // 2, block.shape[1] // 2, 4), dtype=np.uint8)
     # Declared premultiplied ("RGBa"), Pillow reduces all four channels with a plain
     # average and skips its own premultiplication, which the edge quads get below.
     contiguous = np.ascontiguousarray(block)
     image = Image.frombuffer("RGBa", (block.shape[1], block.shape[0]), contiguous, "raw",
                              "RGBa", 0, 1)
+    alpha_image = image.getchannel("a")
+    lowest, highest = alpha_image.getextrema()
+    if highest == 0:
+        return np.zeros((block.shape[0] // 2, block.shape[1] // 2, 4), dtype=np.uint8)
     result = np.array(image.reduce(2))
-    if alpha.min() == 255:
+    if lowest == highest:
         return result
-    rows, columns = np.nonzero(_mixed_quads(alpha))
+    rows, columns = np.nonzero(_mixed_quads(np.asarray(alpha_image)))
     if len(rows):
-        result[rows, columns] = _weighted_quads(block, rows, columns)
+        result[rows, columns] = _weighted_quads(contiguous, rows, columns)
     return result

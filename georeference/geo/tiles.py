@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 from osgeo import gdal, ogr, osr
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from georeference.geo.clip import rectangle
 from georeference.geo.reduce import reduce_half
@@ -633,11 +633,11 @@ class _TileWriter:
     def write_strip(self, zoom: int, row: int, min_col: int, strip: np.ndarray) -> None:
         """Queue every tile of ``strip`` that has at least one visible pixel."""
         batch: list[tuple[str, np.ndarray]] = []
-        for index in range(strip.shape[1] // TILE_SIZE):
+        columns = strip.shape[1] // TILE_SIZE
+        visible = strip[..., 3].reshape(TILE_SIZE, columns, TILE_SIZE).any(axis=(0, 2))
+        for index in np.flatnonzero(visible):
             tile = strip[:, index * TILE_SIZE : (index + 1) * TILE_SIZE]
-            if not tile[..., 3].any():
-                continue
-            batch.append((self._tile_path(zoom, min_col + index, row), np.ascontiguousarray(tile)))
+            batch.append((self._tile_path(zoom, min_col + int(index), row), np.ascontiguousarray(tile)))
         if not batch:
             return
         if self._pool is None:
@@ -681,24 +681,25 @@ def encode_png(rgba: np.ndarray) -> bytes:
     palette entries are spent on alpha. Tiles with partial alpha (anti-aliased
     map edges) get an RGBA palette. Pillow writes the palette alpha as tRNS.
     """
-    paletted = _quantize(rgba)
-    chosen = paletted
-    if palette_psnr(rgba, np.asarray(paletted.convert("RGBA"))) < PALETTE_MIN_PSNR_DB:
-        chosen = Image.fromarray(rgba, "RGBA")
+    paletted, psnr = _quantize(rgba)
+    chosen = paletted if psnr >= PALETTE_MIN_PSNR_DB else Image.fromarray(rgba, "RGBA")
     buffer = io.BytesIO()
     chosen.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
-def _quantize(rgba: np.ndarray) -> Image.Image:
+def _quantize(rgba: np.ndarray) -> tuple[Image.Image, float]:
+    """Return the tile as a palette image and the palette's PSNR (see ``palette_psnr``)."""
     alpha = rgba[..., 3]
     if alpha.min() == 255:
         rgb = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
-        return rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
+        paletted = rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
+        return paletted, _opaque_psnr(rgb, paletted, None)
 
     transparent = alpha == 0
     if not np.logical_or(transparent, alpha == 255).all():
-        return Image.fromarray(rgba, "RGBA").quantize(256, method=Image.Quantize.FASTOCTREE)
+        paletted = Image.fromarray(rgba, "RGBA").quantize(256, method=Image.Quantize.FASTOCTREE)
+        return paletted, palette_psnr(rgba, np.asarray(paletted.convert("RGBA")))
 
     rgb = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
     paletted = rgb.quantize(TRANSPARENT_INDEX, method=Image.Quantize.FASTOCTREE)
@@ -709,7 +710,21 @@ def _quantize(rgba: np.ndarray) -> Image.Image:
     result = Image.fromarray(indices, "P")
     result.putpalette(palette)
     result.info["transparency"] = TRANSPARENT_INDEX
-    return result
+    return result, _opaque_psnr(rgb, paletted, Image.fromarray(alpha, "L"))
+
+
+def _opaque_psnr(rgb: Image.Image, paletted: Image.Image, opaque: Image.Image | None) -> float:
+    """Return ``palette_psnr`` for a tile whose alpha the palette keeps exactly (only 0 or 255).
+
+    Transparent pixels then differ in nothing, so only the colours of the opaque pixels
+    count, and Pillow's histogram statistics sum their squared differences in C.
+    """
+    difference = ImageChops.difference(rgb, paletted.convert("RGB"))
+    squared = sum(ImageStat.Stat(difference, opaque).sum2)
+    mse = squared / (rgb.width * rgb.height * 4)
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(255.0**2 / mse)
 
 
 def palette_psnr(original: np.ndarray, restored: np.ndarray) -> float:

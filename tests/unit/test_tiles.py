@@ -18,6 +18,7 @@ import pytest
 from osgeo import gdal, osr
 from PIL import Image
 
+from georeference.geo import tiles as tiles_module
 from georeference.geo.tiles import (
     HALF_WORLD_M,
     PALETTE_MIN_PSNR_DB,
@@ -451,6 +452,28 @@ def test_encode_png_noise_falls_back_to_rgba() -> None:
     with Image.open(io.BytesIO(encode_png(rgba))) as image:
         assert image.mode == "RGBA"
         assert np.array_equal(np.asarray(image), rgba)
+
+
+@pytest.mark.parametrize("transparent_columns", [0, 50])
+def test_palette_decision_uses_the_palette_psnr(transparent_columns: int) -> None:
+    """The encoder's histogram PSNR for opaque and 0/255-alpha tiles equals palette_psnr.
+
+    Smooth gradients with noise have more than 256 colours, so the palette is lossy and
+    the PSNR finite; it decides between palette and RGBA at 35 dB.
+    """
+    rng = np.random.default_rng(5)
+    ramp = np.linspace(0, 255, TILE_SIZE)
+    rgba = np.empty((TILE_SIZE, TILE_SIZE, 4), dtype=np.uint8)
+    rgba[..., 0] = ramp[None, :]
+    rgba[..., 1] = ramp[:, None]
+    rgba[..., 2] = np.clip(128 + rng.normal(0, 12, (TILE_SIZE, TILE_SIZE)), 0, 255)
+    rgba[..., 3] = 255
+    rgba[:, :transparent_columns] = 0
+
+    paletted, psnr = tiles_module._quantize(rgba)
+    expected = palette_psnr(rgba, np.asarray(paletted.convert("RGBA")))
+    assert 20.0 < expected < 60.0
+    assert psnr == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.skipif(not os.path.exists(SAMPLE_SCAN), reason="sample scan not available")
