@@ -1,9 +1,11 @@
 """The runner's database operations on the job queue: resolve, claim, renew, finish.
 
-A job is claimed in a short transaction of its own and marked ``running`` with the runner's
-identity and a lease. On PostgreSQL the claim takes the row with ``FOR UPDATE SKIP LOCKED``,
-so several runners never take the same job. Jobs of one raw map run one at a time and in
-submission order: a job is only claimable when no older unfinished job of its map exists.
+A job is claimed and marked ``running`` with the runner's identity and a lease, in a short
+transaction of its own or in the commit that records the previous job's outcome, so that a
+quick job costs one commit. On PostgreSQL the claim takes the row with ``FOR UPDATE SKIP
+LOCKED``, so several runners never take the same job. Jobs of one raw map run one at a time
+and in submission order: a job is only claimable when no older unfinished job of its map
+exists.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine, TextClause, bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from georeference.database import is_postgresql
@@ -92,6 +92,49 @@ def _transformation_id(description: str | None) -> int | None:
     return transformation_id
 
 
+def _history_upsert(engine: Engine) -> TextClause:
+    """Return the INSERT ... ON CONFLICT that copies a finished job into jobs_history.
+
+    Written out as text once, because SQLAlchemy does not cache the compiled form of
+    the dialects' upsert constructs and compiled it again for every job.
+    """
+    history = JobHistory.__table__
+    names = _quoted_history_columns(engine)
+    statement = (f"INSERT INTO jobs_history ({', '.join(names)}) "
+                 f"VALUES ({', '.join(':' + column.name for column in history.c)}) "
+                 + _on_history_conflict(names))
+    return text(statement).bindparams(
+        *[bindparam(column.name, type_=column.type) for column in history.c])
+
+
+def _finish_with_history(engine: Engine) -> TextClause:
+    """Return one PostgreSQL statement that finishes a job and copies it into jobs_history.
+
+    A data-modifying WITH saves the round trip and the Python work of passing the row
+    from the UPDATE to the INSERT. It returns the job's id, or no row when the job is no
+    longer claimed by this runner (then nothing changes).
+    """
+    names = ", ".join(_quoted_history_columns(engine))
+    statement = (
+        "WITH finished AS ("
+        "UPDATE jobs SET state = :state, comment = :comment, finished = :finished, "
+        "lease_expires = NULL WHERE id = :job_id AND claimed_by = :runner "
+        f"RETURNING {names}) "
+        f"INSERT INTO jobs_history ({names}) SELECT {names} FROM finished "
+        + _on_history_conflict(_quoted_history_columns(engine)) + " RETURNING id")
+    return text(statement).bindparams(bindparam("finished", type_=Job.__table__.c.finished.type))
+
+
+def _quoted_history_columns(engine: Engine) -> list[str]:
+    quote = engine.dialect.identifier_preparer.quote
+    return [quote(column.name) for column in JobHistory.__table__.c]
+
+
+def _on_history_conflict(names: list[str]) -> str:
+    return "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+        f"{name} = excluded.{name}" for name in names if name != "id")
+
+
 class JobStore:
     """The job queue operations of one runner."""
 
@@ -112,14 +155,8 @@ class JobStore:
             "lease_expires = :expires, attempts = attempts + 1 "
             f"WHERE id = COALESCE(({_ABANDONED_CANDIDATE}{lock}), ({_PENDING_CANDIDATE}{lock})) "
             "RETURNING id, type, description, raw_map_id, attempts, retries")
-        history = JobHistory.__table__
-        insert = (postgresql_insert if self.postgresql else sqlite_insert)(history)
-        self._history_statement = insert.values(
-            {column.name: bindparam(column.name) for column in history.c}
-        ).on_conflict_do_update(
-            index_elements=[history.c.id],
-            set_={column.name: insert.excluded[column.name]
-                  for column in history.c if column.name != "id"})
+        self._history_statement = _history_upsert(engine)
+        self._finish_statement = _finish_with_history(engine) if self.postgresql else None
 
     def resolve_map_ids(self) -> int:
         """Fill ``jobs.raw_map_id`` for new jobs, so the claim can order jobs per map."""
@@ -145,17 +182,22 @@ class JobStore:
                 .values(raw_map_id=bindparam("map_key")), keys)
         return len(rows)
 
-    def claim_next(self, max_attempts: int) -> ClaimedJob | None:
+    def claim_next(self, max_attempts: int, session: Session | None = None) -> ClaimedJob | None:
         """Claim the oldest claimable job, or return None when there is none.
 
-        A job abandoned by a dead runner is retaken only below ``max_attempts``.
+        A job abandoned by a dead runner is retaken only below ``max_attempts``. Without a
+        session the claim commits at once; with one it commits with that session, which
+        lets a finishing job hand its runner the next one in a single commit.
         """
         now = utcnow()
-        with self.engine.connect() as connection:
-            claimed = connection.execute(self._claim_statement, {
-                "now": now, "max_attempts": max_attempts, "runner": self.runner_id,
-                "expires": now + self.lease}).first()
-            connection.commit()
+        parameters = {"now": now, "max_attempts": max_attempts, "runner": self.runner_id,
+                      "expires": now + self.lease}
+        if session is not None:
+            claimed = session.connection().execute(self._claim_statement, parameters).first()
+        else:
+            with self.engine.connect() as connection:
+                claimed = connection.execute(self._claim_statement, parameters).first()
+                connection.commit()
         return ClaimedJob(*claimed) if claimed is not None else None
 
     def seconds_until_due(self) -> float | None:
@@ -212,6 +254,11 @@ class JobStore:
 
         Returns False, changing nothing, when the job is no longer claimed by this runner.
         """
+        if self._finish_statement is not None:
+            finished = session.connection().execute(self._finish_statement, {
+                "state": state, "comment": comment, "finished": utcnow(), "job_id": job_id,
+                "runner": self.runner_id}).first()
+            return finished is not None
         jobs = Job.__table__
         row = session.execute(
             update(jobs)

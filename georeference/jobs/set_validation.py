@@ -8,8 +8,8 @@ from __future__ import annotations
 from georeference.errors import JobInputError
 from georeference.jobs.context import JobContext
 from georeference.jobs.georeferencing import (enable_transformation, load_raw_map,
-                                              load_transformation, withdraw_map)
-from georeference.models import GeorefMap, Transformation
+                                              load_transformation_and_product, withdraw_map)
+from georeference.models import Transformation
 
 
 def _record_review(ctx: JobContext, transformation: Transformation, validation: str) -> None:
@@ -25,10 +25,10 @@ def _record_review(ctx: JobContext, transformation: Transformation, validation: 
 
 def run_set_valid(ctx: JobContext) -> None:
     """Mark transformation N valid; enable it if its map has no georeferenced product yet."""
-    transformation = load_transformation(ctx, ctx.transformation_id())
+    transformation, georef_map = load_transformation_and_product(ctx, ctx.transformation_id())
     _record_review(ctx, transformation, "valid")
 
-    if ctx.session.get(GeorefMap, transformation.raw_map_id) is None:
+    if georef_map is None:
         enable_transformation(ctx, transformation)
 
 
@@ -49,10 +49,9 @@ def find_fallback(ctx: JobContext, transformation: Transformation) -> Transforma
 
 def run_set_invalid(ctx: JobContext) -> None:
     """Mark transformation N invalid; if it is in use, fall back or withdraw the map."""
-    transformation = load_transformation(ctx, ctx.transformation_id())
+    transformation, georef_map = load_transformation_and_product(ctx, ctx.transformation_id())
     _record_review(ctx, transformation, "invalid")
 
-    georef_map = ctx.session.get(GeorefMap, transformation.raw_map_id)
     if georef_map is None or georef_map.transformation_id != transformation.id:
         return
 

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from osgeo import gdal, osr
+from sqlalchemy import event
 
 from georeference.models import GeorefMap, Transformation
 from georeference.publish.search import get_document
@@ -314,3 +315,39 @@ def test_jobs_of_one_run_keep_order(settings, engine, session_factory):
         session.expire_all()
         assert session.get(GeorefMap, 10) is None
     assert not os.path.exists(_products(settings)["image"])
+
+
+def test_finishing_job_claims_the_next_in_its_commit(settings, engine, session_factory):
+    """Each further job in a pass costs one commit: its claim rides on the previous outcome.
+
+    Failed jobs hand on the claim too. The pass with three jobs commits exactly twice more
+    than the pass with one, whatever the pass does before its first claim.
+    """
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda *_: commits.append(1))
+    with session_factory() as session:
+        add_map(session, settings)
+        first = add_transformation(session, 10, synthetic_params())
+        second = add_transformation(session, 10, synthetic_params())
+
+        alone = add_job(session, "transformation_set_invalid", {"transformation_id": first})
+        commits.clear()
+        assert run_jobs(settings, engine).completed == [alone]
+        one_job_commits = len(commits)
+
+        jobs = [add_job(session, "transformation_set_invalid", {"transformation_id": first}),
+                add_job(session, "transformation_set_invalid", {"transformation_id": 9999}),
+                add_job(session, "transformation_set_valid", {"transformation_id": second})]
+        commits.clear()
+        summary = run_jobs(settings, engine)
+        three_job_commits = len(commits)
+
+        assert (summary.completed, summary.failed) == ([jobs[0], jobs[2]], [jobs[1]])
+        assert three_job_commits - one_job_commits == 2
+        session.expire_all()
+        for job_id in jobs:
+            row = job_row(session, job_id)
+            history = history_row(session, job_id)
+            assert history is not None and (history.state, history.started) == (row.state, row.started)
+        assert job_row(session, jobs[1]).comment == "transformation 9999 does not exist"
+        assert session.get(Transformation, second).validation == "valid"

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from georeference.models import Job
 from tests.conftest import PROJECT
-from tests.factories import add_map, add_transformation, synthetic_params, write_synthetic_scan
+from tests.factories import (add_job, add_map, add_transformation, job_row, synthetic_params,
+                             write_synthetic_scan)
 
 BIN = os.path.dirname(sys.executable)
 RUNNER = os.path.join(BIN, "georeference-runner")
@@ -147,6 +148,9 @@ def test_daemon_lifecycle(ini, settings, engine):
 
 def test_sigterm_waits_for_current_job(ini, settings, engine):
     job_id = queue_process_job(engine, settings, size=(6000, 5000))
+    with Session(engine) as session:
+        description = job_row(session, job_id).description
+        queued_id = add_job(session, "transformation_set_valid", description)
     started = run(RUNNER, "--config", ini, "start")
     assert started.returncode == 0, started.stderr
     pid = int(started.stdout.split("pid")[-1])
@@ -155,6 +159,10 @@ def test_sigterm_waits_for_current_job(ini, settings, engine):
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pid_alive(pid), timeout=300)
     assert job_state(engine, job_id) == "completed"
+    # The finishing job's commit claims the next job only while the runner goes on.
+    with Session(engine) as session:
+        queued = job_row(session, queued_id)
+        assert (queued.state, queued.claimed_by, queued.attempts) == ("not_started", None, 0)
     with open(os.path.join(os.path.dirname(ini), "log", "runner.log"), encoding="utf-8") as log:
         text = log.read()
     assert f"job={job_id} map=10 completed" in text
