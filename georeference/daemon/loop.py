@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, select as sql_select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from georeference.database import is_postgresql
-from georeference.daemon.store import ClaimedJob, JobStore, runner_identity
+from georeference.daemon.store import RESOLVE_BATCH, ClaimedJob, JobStore, runner_identity
 from georeference.errors import (GeoreferenceError, JobInputError, ProcessingError,
                                  StorageError)
 from georeference.geo.tiles import make_encoder_pool
@@ -236,7 +236,10 @@ class JobLoop:
     def run_pending(self) -> RunSummary:
         """Claim and run jobs until none is claimable or a stop is requested."""
         summary = RunSummary()
-        self.store.resolve_map_ids()
+        # In batches, so a large queue is ordered in full before the first claim instead
+        # of leaving all but the first batch to the next poll.
+        while self.store.resolve_map_ids() == RESOLVE_BATCH and not self.stopping:
+            pass
         for job_id in self.store.fail_exhausted(self.settings.max_attempts):
             logger.error("job=%d failed: its runner died %d times", job_id,
                          self.settings.max_attempts, extra={"action": "job_exhausted",

@@ -26,7 +26,7 @@ from georeference.models import Job, JobHistory, Runner, Transformation, utcnow
 
 logger = logging.getLogger(__name__)
 
-# Jobs whose map is resolved per round; the rest wait for the next round.
+# Jobs whose map is resolved per statement batch; run_pending repeats until fewer come back.
 RESOLVE_BATCH = 500
 
 # Map key for jobs that concern no single map (initialize_data, unreadable descriptions).

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from osgeo import gdal, osr
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 
 from georeference.models import GeorefMap, Transformation
 from georeference.publish.search import get_document
@@ -351,3 +351,22 @@ def test_finishing_job_claims_the_next_in_its_commit(settings, engine, session_f
             assert history is not None and (history.state, history.started) == (row.state, row.started)
         assert job_row(session, jobs[1]).comment == "transformation 9999 does not exist"
         assert session.get(Transformation, second).validation == "valid"
+
+
+def test_one_pass_runs_a_queue_longer_than_a_resolve_batch(settings, engine, session_factory):
+    """Jobs beyond the first RESOLVE_BATCH get their map key in the same pass, not the next poll."""
+    from georeference.daemon.store import RESOLVE_BATCH
+    from georeference.models import Job
+
+    count = RESOLVE_BATCH + 3
+    with session_factory() as session:
+        session.add_all(Job(type="transformation_set_invalid", user_id="tester",
+                            description=json.dumps({"transformation_id": 100000 + index}))
+                        for index in range(count))
+        session.commit()
+
+    summary = run_jobs(settings, engine)
+    assert len(summary.failed) == count and not summary.completed
+    with session_factory() as session:
+        states = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        assert states == [("failed", count)]
