@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
-from osgeo import gdal, ogr, osr
-from PIL import Image, ImageChops, ImageStat
+from osgeo import gdal, gdal_array, ogr, osr
+from PIL import Image, ImageChops
 
 from georeference.geo.clip import rectangle
 from georeference.geo.reduce import reduce_half
@@ -58,6 +58,10 @@ measured on alpha-premultiplied RGB plus alpha, reaches this value, else the
 tile is written as RGBA. 35 dB is an RMS error of 4.5 levels of 255. Pillow's
 fast octree palette reaches 37-40 dB (median 39) on the 1:25,000 sample scan
 at zoom 15, while a tile with photographic content drops below 35 dB."""
+
+_SQUARES = np.arange(256, dtype=np.int64) ** 2
+_TRANSPARENT_MASK = [255] + [0] * 255
+"""Lookup table from alpha to a paste mask that selects the fully transparent pixels."""
 
 TRANSPARENT_INDEX = 255
 """Palette index reserved for fully transparent pixels in tiles whose alpha is only 0 or 255."""
@@ -438,21 +442,18 @@ class _StripWarper:
         width = tiles.col_count * TILE_SIZE
         height = row_count * TILE_SIZE
         band_count = self._color_bands + 1
-        target = gdal.GetDriverByName("MEM").Create("", width, height, band_count, gdal.GDT_Byte)
+        # GDAL warps straight into the array that the pyramid works on: a MEM dataset over
+        # a pixel-interleaved buffer saves reading the result out band by band.
+        pixels = np.empty((height, width, band_count), dtype=np.uint8)
+        target = gdal_array.OpenNumPyArray(pixels, False)
         left = -HALF_WORLD_M + tiles.min_col * TILE_SIZE * resolution
         top = HALF_WORLD_M - first_row * TILE_SIZE * resolution
         target.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
         target.SetProjection(self._mercator_wkt)
         target.GetRasterBand(band_count).SetColorInterpretation(gdal.GCI_AlphaBand)
         gdal.Warp(target, self._source, options=self._options)
+        target = None
 
-        raw = target.ReadRaster(
-            0, 0, width, height,
-            buf_pixel_space=band_count,
-            buf_line_space=band_count * width,
-            buf_band_space=1,
-        )
-        pixels = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, band_count)
         if band_count == 4:
             return pixels
         rgba = np.empty((height, width, 4), dtype=np.uint8)
@@ -681,6 +682,7 @@ def encode_png(rgba: np.ndarray) -> bytes:
     palette entries are spent on alpha. Tiles with partial alpha (anti-aliased
     map edges) get an RGBA palette. Pillow writes the palette alpha as tRNS.
     """
+    rgba = np.ascontiguousarray(rgba)
     paletted, psnr = _quantize(rgba)
     chosen = paletted if psnr >= PALETTE_MIN_PSNR_DB else Image.fromarray(rgba, "RGBA")
     buffer = io.BytesIO()
@@ -689,38 +691,42 @@ def encode_png(rgba: np.ndarray) -> bytes:
 
 
 def _quantize(rgba: np.ndarray) -> tuple[Image.Image, float]:
-    """Return the tile as a palette image and the palette's PSNR (see ``palette_psnr``)."""
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        rgb = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
+    """Return the tile as a palette image and the palette's PSNR (see ``palette_psnr``).
+
+    Pillow does the per-pixel work in C: the encoder threads then hold the GIL only briefly.
+    """
+    image = Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
+    alpha = image.getchannel("A")
+    counts = alpha.histogram()
+    if counts[255] == alpha.width * alpha.height:
+        rgb = image.convert("RGB")
         paletted = rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
         return paletted, _opaque_psnr(rgb, paletted, None)
 
-    transparent = alpha == 0
-    if not np.logical_or(transparent, alpha == 255).all():
-        paletted = Image.fromarray(rgba, "RGBA").quantize(256, method=Image.Quantize.FASTOCTREE)
+    if counts[0] + counts[255] != alpha.width * alpha.height:
+        paletted = image.quantize(256, method=Image.Quantize.FASTOCTREE)
         return paletted, palette_psnr(rgba, np.asarray(paletted.convert("RGBA")))
 
-    rgb = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
+    rgb = image.convert("RGB")
     paletted = rgb.quantize(TRANSPARENT_INDEX, method=Image.Quantize.FASTOCTREE)
-    indices = np.array(paletted, dtype=np.uint8)
-    indices[transparent] = TRANSPARENT_INDEX
+    result = paletted.copy()
+    result.paste(TRANSPARENT_INDEX, mask=alpha.point(_TRANSPARENT_MASK))
     palette = paletted.getpalette() or []
     palette = palette[: 3 * TRANSPARENT_INDEX] + [0] * (3 * TRANSPARENT_INDEX - len(palette)) + [0, 0, 0]
-    result = Image.fromarray(indices, "P")
     result.putpalette(palette)
     result.info["transparency"] = TRANSPARENT_INDEX
-    return result, _opaque_psnr(rgb, paletted, Image.fromarray(alpha, "L"))
+    return result, _opaque_psnr(rgb, paletted, alpha)
 
 
 def _opaque_psnr(rgb: Image.Image, paletted: Image.Image, opaque: Image.Image | None) -> float:
     """Return ``palette_psnr`` for a tile whose alpha the palette keeps exactly (only 0 or 255).
 
     Transparent pixels then differ in nothing, so only the colours of the opaque pixels
-    count, and Pillow's histogram statistics sum their squared differences in C.
+    count: Pillow counts their differences in C and numpy weighs the counts by squares.
     """
     difference = ImageChops.difference(rgb, paletted.convert("RGB"))
-    squared = sum(ImageStat.Stat(difference, opaque).sum2)
+    histogram = np.asarray(difference.histogram(opaque), dtype=np.int64)
+    squared = float((histogram.reshape(3, 256) @ _SQUARES).sum())
     mse = squared / (rgb.width * rgb.height * 4)
     if mse == 0.0:
         return math.inf
