@@ -185,8 +185,8 @@ class JobLoop:
             if settings.tms_processes > 1 else None
         self._wakeup = _Wakeup()
         self._listen_connection: Any = None
-        # SQLite runs one runner at a time and its job transaction holds the write lock, so
-        # there leases are not renewed; a stopped runner's jobs are recovered at start-up.
+        # SQLite runs one runner at a time, and its job transaction holds the write lock, so
+        # leases are not renewed there. A stopped runner's jobs are recovered at start-up.
         self._leases = _LeaseKeeper(self.store, self._heartbeat_interval()) \
             if is_postgresql(engine) else None
 

@@ -95,8 +95,8 @@ def _transformation_id(description: str | None) -> int | None:
 def _history_upsert(engine: Engine) -> TextClause:
     """Return the INSERT ... ON CONFLICT that copies a finished job into jobs_history.
 
-    Written out as text once, because SQLAlchemy does not cache the compiled form of
-    the dialects' upsert constructs and compiled it again for every job.
+    Written out as text once: SQLAlchemy 2.0 compiled the dialect's upsert construct again
+    for every job (its PostgreSQL ``Insert`` sets ``inherit_cache = False``).
     """
     history = JobHistory.__table__
     names = _quoted_history_columns(engine)
@@ -186,8 +186,8 @@ class JobStore:
         """Claim the oldest claimable job, or return None when there is none.
 
         A job abandoned by a dead runner is retaken only below ``max_attempts``. Without a
-        session the claim commits at once; with one it commits with that session, which
-        lets a finishing job hand its runner the next one in a single commit.
+        session the claim commits at once. With one, it commits with that session, so a
+        finishing job hands its runner the next job in the same commit.
         """
         now = utcnow()
         parameters = {"now": now, "max_attempts": max_attempts, "runner": self.runner_id,

@@ -43,8 +43,8 @@ def reduce_half(block: np.ndarray) -> np.ndarray:
     """Halve an RGBA block (even height and width) with an alpha-weighted 2x2 average.
 
     Alpha itself is the plain average of the four pixels; colours are weighted by alpha.
-    Fully transparent pixels should have colour 0, as GDAL's warp and the tile clip leave
-    them; then fully transparent output pixels have colour 0 as well.
+    Fully transparent input pixels are expected to have colour 0, as GDAL's warp and the
+    tile clip leave them. Fully transparent output pixels then have colour 0 as well.
     """
     if block.shape[0] % 2 or block.shape[1] % 2:
         raise ValueError(f"block of {block.shape[1]} x {block.shape[0]} pixels is not even")
