@@ -64,12 +64,12 @@ def quadrant_image(width: int, height: int) -> np.ndarray:
     return image
 
 
-def write_mercator_raster(path: Path, image: np.ndarray, col: int = FIRST_COL, row: int = FIRST_ROW) -> str:
+def write_mercator_raster(path: Path, image: np.ndarray, col: int = FIRST_COL, row: int = FIRST_ROW,
+                          resolution: float = tile_resolution(ZOOM)) -> str:
     """Write ``image`` as an EPSG:3857 GeoTIFF whose top-left pixel is the top-left of tile (col, row)."""
     height, width = image.shape[:2]
     dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, 3, gdal.GDT_Byte)
     left, top = tile_origin(col, row)
-    resolution = tile_resolution(ZOOM)
     dataset.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(3857)
@@ -273,20 +273,10 @@ def test_scan_finer_than_top_zoom_is_averaged_not_aliased(tmp_path: Path) -> Non
     checker = ((np.arange(size)[:, None] + np.arange(size)[None, :]) % 2 * 255).astype(np.uint8)
     image[:, : size // 2] = checker[:, : size // 2, None]
     image[:, size // 2 :] = (200, 30, 30)
-    path = tmp_path / "fine.tif"
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
-    left, top = tile_origin(FIRST_COL, FIRST_ROW)
-    resolution = tile_resolution(ZOOM) / 4
-    dataset.SetGeoTransform((left, resolution, 0.0, top, 0.0, -resolution))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(3857)
-    dataset.SetSpatialRef(srs)
-    for band in range(3):
-        dataset.GetRasterBand(band + 1).WriteArray(image[..., band])
-    dataset = None
+    path = write_mercator_raster(tmp_path / "fine.tif", image, resolution=tile_resolution(ZOOM) / 4)
 
     output = tmp_path / "tiles"
-    result = build_tile_pyramid(str(path), str(output), max_zoom=ZOOM, processes=2)
+    result = build_tile_pyramid(path, str(output), max_zoom=ZOOM, processes=2)
     assert (result.max_zoom, result.tile_count) == (ZOOM, 1)
     tile = read_tile(output, ZOOM, FIRST_COL, FIRST_ROW)
     grey = tile[:, : TILE_SIZE // 2, :3].astype(int)
