@@ -53,6 +53,9 @@ _STAGING_NAME = re.compile(r"^job-(\d+)-([0-9a-f]+)-")
 # Maximum pause, in seconds, between two renewals of a job's lease.
 HEARTBEAT_MAX_INTERVAL = 10.0
 
+# Seconds a stopping runner waits for its lease thread to end.
+CLOSE_TIMEOUT_SECONDS = 5.0
+
 
 class JobTimeoutError(ProcessingError):
     """Raised when a job runs past the configured time limit."""
@@ -104,17 +107,23 @@ class _LeaseKeeper:
                 self._current = None
 
     def close(self) -> None:
+        """Stop the thread; a renewal stuck on a dead connection is not waited for long."""
         self._closed.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=CLOSE_TIMEOUT_SECONDS)
             self._thread = None
 
     def _run(self) -> None:
         while not self._closed.wait(self._interval):
             with self._lock:
                 current = self._current
-            if current is not None:
+            if current is None:
+                continue
+            try:
                 self._renew(*current)
+            except Exception:  # noqa: BLE001 - the one renewal thread must outlive any error
+                logger.exception("job=%d lease renewal failed", current[0],
+                                 extra={"action": "lease_renewal_failed", "job_id": current[0]})
 
     def _renew(self, job_id: int, lease: _Lease) -> None:
         try:
@@ -189,6 +198,8 @@ class JobLoop:
         # leases are not renewed there. A stopped runner's jobs are recovered at start-up.
         self._leases = _LeaseKeeper(self.store, self._heartbeat_interval()) \
             if is_postgresql(engine) else None
+        # The lease of a job claimed in the previous job's commit, renewed from that commit on.
+        self._handed_over: tuple[int, _Lease] | None = None
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -253,10 +264,28 @@ class JobLoop:
         while claimed is not None:
             outcome, following = self.process(claimed)
             getattr(summary, outcome).append(claimed.id)
+            if following is not None and self.stopping:
+                # The stop came after the finishing commit had claimed the next job.
+                self._give_back(following)
+                following = None
             if following is None and not self.stopping:
                 following = self.store.claim_next(self.settings.max_attempts)
             claimed = following
         return summary
+
+    def _give_back(self, claimed: ClaimedJob) -> None:
+        """Return a job that this runner claimed but will not start, because it is stopping."""
+        self._lease_for(claimed.id, keep=False)
+        try:
+            returned = self.store.unclaim(claimed.id)
+        except SQLAlchemyError as exc:
+            logger.warning("job=%d cannot be returned to the queue (%s); it is retried when its "
+                           "lease expires", claimed.id, _first_line(exc),
+                           extra={"action": "unclaim_failed", "job_id": claimed.id})
+            return
+        if returned:
+            logger.info("job=%d returned to the queue: the runner is stopping", claimed.id,
+                        extra={"action": "unclaimed", "job_id": claimed.id})
 
     def _recover_on_sqlite(self) -> None:
         if is_postgresql(self.engine):
@@ -302,7 +331,7 @@ class JobLoop:
                         extra={"action": "job_start"})
         started = time.monotonic()
         self.current_job = claimed.id
-        lease = self._leases.watch(claimed.id) if self._leases is not None else _Lease()
+        lease = self._lease_for(claimed.id)
         try:
             outcome, message, following = self._run_handler(claimed, job_logger, started, lease)
         finally:
@@ -320,6 +349,31 @@ class JobLoop:
             job_logger.warning("released after %.1f s: %s", seconds, message,
                                extra={"action": "job_released"})
         return outcome, following
+
+    def _lease_for(self, job_id: int, keep: bool = True) -> _Lease:
+        """Return the lease renewal of a job about to run, continuing a handed-over one.
+
+        With ``keep`` False, the renewal of a handed-over lease ends instead.
+        """
+        handed_over, self._handed_over = self._handed_over, None
+        if handed_over is not None and handed_over[0] == job_id:
+            lease = handed_over[1]
+        elif self._leases is not None:
+            lease = self._leases.watch(job_id)
+        else:
+            lease = _Lease()
+        if not keep and self._leases is not None:
+            self._leases.finished(lease)
+        return lease
+
+    def _hand_over(self, following: ClaimedJob | None) -> None:
+        """Renew the lease of a job claimed in a commit that just succeeded, from now on.
+
+        The clean-up after that commit can take a while (deleting an old tile pyramid), and
+        the job must not look abandoned meanwhile.
+        """
+        if following is not None and self._leases is not None:
+            self._handed_over = (following.id, self._leases.watch(following.id))
 
     def _new_context(self, claimed: ClaimedJob, job_logger: JobLogger, session: Any,
                      started: float, lease: _Lease) -> JobContext:
@@ -408,21 +462,32 @@ class JobLoop:
         except BaseException:
             ctx.products.restore()
             raise
-        ctx.products.finish()
+        self._hand_over(following)
+        self._after_commit(ctx)
+        return following
+
+    def _after_commit(self, ctx: JobContext) -> None:
+        """Clean up after a job's commit. The job's outcome stands whatever fails here."""
+        try:
+            ctx.products.finish()
+        except OSError as exc:
+            ctx.logger.warning("old product versions could not be deleted and stay on disk: %s",
+                               exc, extra={"action": "cleanup_failed"})
         if ctx.search_updates_queued:
             # Deliver the job's queued search updates now rather than at the next poll.
             try:
                 self._flush_search_outbox()
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # noqa: BLE001 - the updates stay queued for the next poll
                 ctx.logger.warning("search updates stay queued: %s", _first_line(exc),
                                    extra={"action": "outbox"})
-        return following
 
     def _fail(self, claimed: ClaimedJob, message: str, ctx: JobContext) -> ClaimedJob | None:
         comment = "; ".join([message] + ctx.notes)
         with self.store.sessions.begin() as session:
             self.store.finish(session, claimed.id, "failed", comment)
-            return self._claim_following(session)
+            following = self._claim_following(session)
+        self._hand_over(following)
+        return following
 
     def _release(self, claimed: ClaimedJob, exc: BaseException) -> str:
         delay = min(RETRY_BACKOFF_START * 2 ** claimed.retries,

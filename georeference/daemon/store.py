@@ -200,6 +200,19 @@ class JobStore:
                 connection.commit()
         return ClaimedJob(*claimed) if claimed is not None else None
 
+    def unclaim(self, job_id: int) -> bool:
+        """Return a job this runner claimed but did not start to the queue, its attempt undone.
+
+        Returns False, changing nothing, when the job is not running under this runner.
+        """
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.claimed_by == self.runner_id,
+                                  Job.state == "running")
+                .values(state="not_started", claimed_by=None, started=None, lease_expires=None,
+                        attempts=Job.attempts - 1))
+        return result.rowcount == 1
+
     def seconds_until_due(self) -> float | None:
         """Return the seconds until a job waiting on a time becomes claimable, or None.
 
@@ -239,11 +252,14 @@ class JobStore:
 
         The claim is taken back from ``attempts`` and counted in ``retries`` instead, so a
         job released after a database outage is not counted as a runner death. A release
-        that cannot be written (the database is still down) leaves the claim counted.
+        that cannot be written (the database is still down) leaves the claim counted. A job
+        that is no longer running (its commit went through although the driver reported an
+        error) is left as it is.
         """
         with self.sessions.begin() as session:
             session.execute(
-                update(Job).where(Job.id == job_id, Job.claimed_by == self.runner_id)
+                update(Job).where(Job.id == job_id, Job.claimed_by == self.runner_id,
+                                  Job.state == "running")
                 .values(state="not_started", claimed_by=None,
                         lease_expires=utcnow() + dt.timedelta(seconds=retry_after),
                         comment=reason, attempts=Job.attempts - 1,
@@ -283,6 +299,8 @@ class JobStore:
                                   Job.attempts >= max_attempts)).all()
             for job in jobs:
                 job.claimed_by = self.runner_id
+                # finish() matches on claimed_by in SQL, which sees only flushed changes.
+                session.flush()
                 self.finish(session, job.id, "failed",
                             f"the runner died {job.attempts} times while running this job "
                             f"(limit {max_attempts}); it is not tried again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -10,9 +11,10 @@ import shutil
 import numpy as np
 import pytest
 from osgeo import gdal, osr
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
-from georeference.models import GeorefMap, Transformation
+from georeference.daemon.loop import JobLoop
+from georeference.models import GeorefMap, Job, Transformation, utcnow
 from georeference.publish.search import get_document
 from tests.factories import (SYNTHETIC_CORNERS, add_job, add_map, add_transformation,
                              history_row, job_row, run_jobs, synthetic_params)
@@ -317,7 +319,7 @@ def test_jobs_of_one_run_keep_order(settings, engine, session_factory):
     assert not os.path.exists(_products(settings)["image"])
 
 
-def test_finishing_job_claims_the_next_in_its_commit(settings, engine, session_factory):
+def test_finish_claims_next_job(settings, engine, session_factory):
     """Each further job in a pass costs one commit: its claim rides on the previous outcome.
 
     Failed jobs hand on the claim too. The pass with three jobs commits exactly twice more
@@ -353,10 +355,9 @@ def test_finishing_job_claims_the_next_in_its_commit(settings, engine, session_f
         assert session.get(Transformation, second).validation == "valid"
 
 
-def test_one_pass_runs_a_queue_longer_than_a_resolve_batch(settings, engine, session_factory):
+def test_pass_resolves_whole_queue(settings, engine, session_factory):
     """Jobs beyond the first RESOLVE_BATCH get their map key in the same pass, not the next poll."""
     from georeference.daemon.store import RESOLVE_BATCH
-    from georeference.models import Job
 
     count = RESOLVE_BATCH + 3
     with session_factory() as session:
@@ -370,3 +371,84 @@ def test_one_pass_runs_a_queue_longer_than_a_resolve_batch(settings, engine, ses
     with session_factory() as session:
         states = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
         assert states == [("failed", count)]
+
+
+class _StopAfterFollowingClaim(JobLoop):
+    """A runner whose stop request arrives just after a finishing commit claimed the next job.
+
+    The window between the last stop check and the commit is a few milliseconds wide, so the
+    stop is requested there on purpose; everything else is the real loop and database.
+    """
+
+    def _claim_following(self, session):
+        following = super()._claim_following(session)
+        self.request_stop()
+        return following
+
+
+def test_stop_returns_claimed_next_job(settings, engine, session_factory):
+    with session_factory() as session:
+        add_map(session, settings)
+        transformation_id = add_transformation(session, 10, synthetic_params())
+        first = add_job(session, "transformation_set_invalid", {"transformation_id": transformation_id})
+        second = add_job(session, "transformation_set_invalid", {"transformation_id": transformation_id})
+
+    loop = _StopAfterFollowingClaim(settings, engine, None)
+    try:
+        summary = loop.run_pending()
+    finally:
+        loop.close()
+
+    assert summary.completed == [first]
+    with session_factory() as session:
+        queued = job_row(session, second)
+        assert queued.state == "not_started"
+        assert queued.claimed_by is None
+        assert queued.attempts == 0
+        assert queued.retries == 0
+    # A runner that is not stopping takes it as a first attempt.
+    assert run_jobs(settings, engine).completed == [second]
+    with session_factory() as session:
+        assert job_row(session, second).attempts == 1
+
+
+def test_unclaim_only_own_running_job(settings, engine, session_factory):
+    from georeference.daemon.store import JobStore
+
+    with session_factory() as session:
+        add_map(session, settings)
+        transformation_id = add_transformation(session, 10, synthetic_params())
+        job_id = add_job(session, "transformation_set_valid", {"transformation_id": transformation_id})
+    mine = JobStore(engine, "host:1:aaaa", "host", 1, 60.0)
+    other = JobStore(engine, "host:2:bbbb", "host", 2, 60.0)
+    mine.resolve_map_ids()
+
+    assert mine.claim_next(3).id == job_id
+    assert other.unclaim(job_id) is False
+    assert mine.unclaim(job_id) is True
+    assert mine.unclaim(job_id) is False
+    with session_factory() as session:
+        row = job_row(session, job_id)
+        assert (row.state, row.claimed_by, row.attempts, row.started) == ("not_started", None, 0, None)
+    assert other.claim_next(3).attempts == 1
+
+
+def test_exhausted_job_fails_in_same_pass(settings, engine, session_factory):
+    """A job whose runner died max_attempts times is failed at once, not at the next poll."""
+    with session_factory() as session:
+        add_map(session, settings)
+        transformation_id = add_transformation(session, 10, synthetic_params())
+        job_id = add_job(session, "transformation_set_valid", {"transformation_id": transformation_id})
+        session.execute(update(Job).where(Job.id == job_id).values(
+            state="running", claimed_by="dead-host:1:dead", raw_map_id=10,
+            attempts=settings.max_attempts, lease_expires=utcnow() - dt.timedelta(seconds=5)))
+        session.commit()
+
+    summary = run_jobs(settings, engine)
+
+    assert summary.failed == [job_id]
+    with session_factory() as session:
+        row = job_row(session, job_id)
+        assert row.state == "failed"
+        assert row.comment.startswith(f"the runner died {settings.max_attempts} times")
+        assert history_row(session, job_id).state == "failed"

@@ -118,7 +118,7 @@ def test_alpha_weights_colours(tmp_path: Path) -> None:
     assert reduced[:, 1, 3].tolist() == [0, 0]
 
 
-def test_large_copy_goes_to_disk_with_the_same_pixels(noise: tuple[np.ndarray, str],
+def test_large_copy_written_to_disk(noise: tuple[np.ndarray, str],
                                                       tmp_path: Path) -> None:
     _, path = noise
     scratch = tmp_path / "scratch"

@@ -263,7 +263,7 @@ def test_alpha_weighted_edge_not_darkened(tmp_path: Path) -> None:
     assert parent[10, 129, 3] == 0
 
 
-def test_scan_finer_than_top_zoom_is_averaged_not_aliased(tmp_path: Path) -> None:
+def test_fine_scan_averaged_not_aliased(tmp_path: Path) -> None:
     """A scan four times finer than the top zoom: a one-pixel checkerboard turns grey.
 
     Sampled without averaging, every tile pixel would be black or white.
@@ -445,7 +445,7 @@ def test_encode_png_noise_falls_back_to_rgba() -> None:
 
 
 @pytest.mark.parametrize("transparent_columns", [0, 50])
-def test_palette_decision_uses_the_palette_psnr(transparent_columns: int) -> None:
+def test_palette_decision_matches_psnr(transparent_columns: int) -> None:
     """The encoder's histogram PSNR for opaque and 0/255-alpha tiles equals palette_psnr.
 
     Smooth gradients with noise have more than 256 colours, so the palette is lossy and
