@@ -337,6 +337,8 @@ class JobLoop:
         finally:
             if self._leases is not None:
                 self._leases.finished(lease)
+            else:
+                lease.done.set()
             self.current_job = None
 
         seconds = time.monotonic() - started
@@ -351,7 +353,7 @@ class JobLoop:
         return outcome, following
 
     def _lease_for(self, job_id: int, keep: bool = True) -> _Lease:
-        """Return the lease renewal of a job about to run, continuing a handed-over one.
+        """Return the lease of a job about to run, continuing the renewal of a handed-over one.
 
         With ``keep`` False, the renewal of a handed-over lease ends instead.
         """
@@ -467,7 +469,7 @@ class JobLoop:
         return following
 
     def _after_commit(self, ctx: JobContext) -> None:
-        """Clean up after a job's commit. The job's outcome stands whatever fails here."""
+        """Clean up after a job's commit. A failure here is logged and does not change the outcome."""
         try:
             ctx.products.finish()
         except OSError as exc:
