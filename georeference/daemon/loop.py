@@ -469,7 +469,10 @@ class JobLoop:
         return following
 
     def _after_commit(self, ctx: JobContext) -> None:
-        """Clean up after a job's commit. A failure here is logged and does not change the outcome."""
+        """Clean up after a job's commit.
+
+        A failure here is logged and does not change the job's outcome.
+        """
         try:
             ctx.products.finish()
         except OSError as exc:
