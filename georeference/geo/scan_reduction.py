@@ -49,7 +49,7 @@ class ReductionStopped(RuntimeError):
 
 
 def reduction_factor(source_resolution: float, target_resolution: float) -> int:
-    """Return the power of two by which the scan should shrink for the target resolution (1: not at all)."""
+    """Return the power of two by which to shrink the scan for the target resolution (1: none)."""
     factor = 1
     while source_resolution * factor * 2 <= target_resolution * MAX_COARSENING:
         factor *= 2
