@@ -67,7 +67,11 @@ def _show(session: Session, args: argparse.Namespace) -> int:
         job = history
     for name in ("id", "type", "state", "description", "submitted", "user_id", "raw_map_id",
                  "claimed_by", "started", "finished", "attempts", "comment"):
-        print(f"{name:>12}: {getattr(job, name)}")
+        value = getattr(job, name)
+        if name == "raw_map_id" and value in (None, 0):
+            # 0 is the queue's key for jobs that concern no single map, as "-" is in the log.
+            value = "-"
+        print(f"{name:>12}: {value}")
     in_history = session.get(JobHistory, args.id) is not None
     print(f"{'history':>12}: {'yes' if in_history else 'no'}")
     return EXIT_OK

@@ -203,11 +203,17 @@ def test_run_once_exit_codes(ini, settings, engine):
     assert job_state(engine, job_id) == "completed"
 
     with Session(engine) as session:
-        session.add(Job(type="transformation_process", description='{"transformation_id": 404}'))
+        unknown = Job(type="transformation_process", description='{"transformation_id": 404}')
+        session.add(unknown)
         session.commit()
+        unknown_id = unknown.id
     failed = run(RUNNER, "--config", ini, "run", "--once")
     assert failed.returncode == 1
     assert "transformation 404 does not exist" in failed.stderr
+    # The queue keys a job without a map as 0; show prints "-" for it, as the log does.
+    shown = run(JOBS, "--config", ini, "show", str(unknown_id))
+    assert "raw_map_id: -" in shown.stdout
+    assert "state: failed" in shown.stdout
 
 
 def test_jobs_cli_add_list_show(ini, settings, engine):
