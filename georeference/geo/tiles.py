@@ -32,6 +32,7 @@ import numpy as np
 from osgeo import gdal, gdal_array, ogr, osr
 from PIL import Image, ImageChops
 
+from georeference.geo.affine_warp import AffineStripWarper
 from georeference.geo.clip import rectangle
 from georeference.geo.reduce import reduce_half
 from georeference.geo.scan_reduction import ReductionStopped, reduced_copy, reduction_factor
@@ -81,9 +82,6 @@ GDAL_CACHE_MAX_BYTES = 256 * 1024 * 1024
 is not kept whole in memory (GDAL's default is 5 % of RAM)."""
 
 WARP_MEMORY_LIMIT_BYTES = 256 * 1024 * 1024
-
-WARP_BATCH_BYTES = 16 * 1024 * 1024
-"""Size of the RGBA block warped per GDAL call: several tile rows at once."""
 
 PENDING_BATCHES_PER_PROCESS = 3
 """Encoding batches in flight per encoder thread before the warp waits, which
@@ -421,20 +419,27 @@ class _StripWarper:
         mercator = osr.SpatialReference()
         mercator.ImportFromEPSG(3857)
         self._mercator_wkt = mercator.ExportToWkt()
+        self._affine = AffineStripWarper(source, transformer_options, self._mercator_wkt,
+                                         self._color_bands, self._source_alpha, TILE_SIZE)
+        self.gdal_strips = 0
+        """Strips that the piecewise affine warp could not approximate and GDAL warped."""
 
     def warp_rows(self, tiles: TileRange) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (tile row, RGBA strip of shape (256, 256 * columns, 4)) from top to bottom.
 
-        Several tile rows are warped per GDAL call, as many as fit into
-        ``WARP_BATCH_BYTES``, because each call has a fixed cost.
+        Each tile is warped with a Pillow affine transform (``affine_warp``); a strip whose
+        transformation is not affine enough over small boxes is warped by GDAL instead.
         """
-        row_bytes = tiles.col_count * TILE_SIZE * TILE_SIZE * 4
-        batch_rows = max(1, WARP_BATCH_BYTES // row_bytes)
-        for first in range(tiles.min_row, tiles.max_row + 1, batch_rows):
-            count = min(batch_rows, tiles.max_row + 1 - first)
-            block = self._warp_rows(tiles, first, count)
-            for index in range(count):
-                yield first + index, block[index * TILE_SIZE : (index + 1) * TILE_SIZE]
+        resolution = tile_resolution(tiles.zoom)
+        left = -HALF_WORLD_M + tiles.min_col * TILE_SIZE * resolution
+        width = tiles.col_count * TILE_SIZE
+        for row in range(tiles.min_row, tiles.max_row + 1):
+            top = HALF_WORLD_M - row * TILE_SIZE * resolution
+            strip = self._affine.warp(left, top, resolution, width, TILE_SIZE)
+            if strip is None:
+                self.gdal_strips += 1
+                strip = self._warp_rows(tiles, row, 1)
+            yield row, strip
 
     def _warp_rows(self, tiles: TileRange, first_row: int, row_count: int) -> np.ndarray:
         resolution = tile_resolution(tiles.zoom)
