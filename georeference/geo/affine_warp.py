@@ -3,8 +3,9 @@
 Over one 256-pixel tile the transformation from the tile grid to the scan is affine to a
 small fraction of a pixel, so each tile can be one Pillow affine transform of a window of
 the scan. On the sample scan at zoom 15 that took 0.16 CPU-s against 0.9 CPU-s for GDAL's
-nearest-neighbour warp of the same strips, and 99.96 % of the pixels came out identical
-(the others lie where a position rounds the other way).
+nearest-neighbour warp of the same strips. 99.96 % of the pixels came out identical, and
+about 98 % for a bent thin plate spline. The others lie where a position within 0.125
+pixels of the exact one rounds the other way, as it can in GDAL's approximation too.
 
 The affine of a box comes from the exact positions of three of its corners, computed by
 GDAL's transformer. The fourth corner and the centre are checked against it. A box that
@@ -38,11 +39,10 @@ _WINDOW_MARGIN = 2
 
 
 class AffineStripWarper:
-    """Warp horizontal strips of a north-up target grid from a source raster.
+    """Warper of horizontal strips of a north-up target grid from a source raster.
 
-    The target grid is in the spatial reference ``target_wkt``; each strip is given by its
-    top-left corner and resolution and has a width and height that are multiples of
-    ``box_pixels``.
+    The target grid is in the spatial reference ``target_wkt``. Each strip is given by its
+    top-left corner and resolution, and its width and height are multiples of ``box_pixels``.
     """
 
     def __init__(self, source: gdal.Dataset, transformer_options: Sequence[str], target_wkt: str,

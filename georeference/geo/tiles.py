@@ -2,8 +2,10 @@
 
 The source is warped once, strip by strip, from its own pixel grid (via its
 geotransform or its ground control points) into the tile grid of the highest
-zoom written. A scan much finer than that zoom is first averaged down by a power
-of two (``scan_reduction``), so the warp samples an anti-aliased image.
+zoom written: one Pillow affine transform per tile where the transformation is
+affine enough (``affine_warp``), GDAL's warper elsewhere. A scan much finer than
+that zoom is first averaged down by a power of two (``scan_reduction``), so the
+warp samples an anti-aliased image.
 Every lower level is then reduced from the level above in memory with an
 alpha-weighted 2x2 average, and memory stays bounded by a few strips whatever
 the size of the scan. PNG encoding runs in threads while the calling thread
@@ -71,11 +73,12 @@ PNG_COMPRESS_LEVEL = 6
 """zlib level for the PNG files, the same default as libpng and Pillow."""
 
 WARP_RESAMPLING = "near"
-"""Warp kernel into the highest zoom. The scan has been averaged down to within
-``scan_reduction.MAX_COARSENING`` of that zoom's resolution, so nearest neighbour
-picks about one averaged pixel per output pixel without aliasing. Measured on the
-sample scan at zoom 15: GDAL's bilinear kernel made the tiling 20 % slower, for a
-PSNR against the old pipeline's tiles of 29.2 dB instead of 26.3 dB."""
+"""Kernel into the highest zoom, used by GDAL's warp for strips that the piecewise affine
+warp (``affine_warp``, nearest neighbour too) leaves to it. The scan has been averaged down
+to within ``scan_reduction.MAX_COARSENING`` of that zoom's resolution, so nearest neighbour
+picks about one averaged pixel per output pixel without aliasing. Measured on the sample
+scan at zoom 15: GDAL's bilinear kernel made the tiling 20 % slower, for a PSNR against
+the old pipeline's tiles of 29.2 dB instead of 26.3 dB."""
 
 GDAL_CACHE_MAX_BYTES = 256 * 1024 * 1024
 """Upper bound for GDAL's block cache during a build, so that the decoded scan
