@@ -17,7 +17,7 @@ returns None and the caller uses GDAL's warper for that strip.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -46,8 +46,12 @@ class AffineStripWarper:
     """
 
     def __init__(self, source: gdal.Dataset, transformer_options: Sequence[str], target_wkt: str,
-                 color_bands: int, source_alpha: bool, box_pixels: int) -> None:
+                 color_bands: int, source_alpha: bool, box_pixels: int,
+                 wait_for_rows: Callable[[int], None] | None = None) -> None:
         self._source = source
+        # For a source still being written from the top (``ReducedScan``): called with the
+        # number of rows a window needs before it is read.
+        self._wait_for_rows = wait_for_rows
         self._color_bands = color_bands
         self._source_alpha = source_alpha
         self._box = box_pixels
@@ -150,6 +154,8 @@ class AffineStripWarper:
         if x1 <= x0 or y1 <= y0:
             return None
 
+        if self._wait_for_rows is not None:
+            self._wait_for_rows(y1)
         width, height = x1 - x0, y1 - y0
         pixels = np.empty((height, width, 4), dtype=np.uint8)
         if self._color_bands == 1:

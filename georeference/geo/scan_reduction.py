@@ -62,9 +62,26 @@ def reduced_copy(open_source: Callable[[], gdal.Dataset], factor: int, scratch_d
                  memory_limit: int = IN_MEMORY_MAX_BYTES) -> gdal.Dataset:
     """Return the source shrunk ``factor`` times on each axis, georeferenced like the source.
 
+    The arguments are those of ``ReducedScan``; this waits until every row is written.
+    """
+    reduced = ReducedScan(open_source, factor, scratch_dir, pool, should_stop, memory_limit)
+    try:
+        reduced.wait_for_rows(reduced.dataset.RasterYSize)
+    finally:
+        reduced.cancel()
+    return reduced.dataset
+
+
+class ReducedScan:
+    """The source shrunk ``factor`` times on each axis, written strip by strip as rows are needed.
+
     Every output pixel is the average of a box of ``factor`` x ``factor`` scan pixels; the
     boxes at the right and bottom edges average the pixels they have. Pillow weights colours
     by alpha when the scan has an alpha band, so transparent pixels do not darken edges.
+
+    Strips are reduced in ``pool`` a few ahead of the rows asked for, so a warp that reads
+    the copy from the top can start before the whole scan is decoded. ``dataset`` must only
+    be used from the thread that calls ``wait_for_rows``, which also writes the strips.
 
     Args:
         open_source: returns a new handle of the scan (8-bit gray or RGB, optionally with an
@@ -76,44 +93,70 @@ def reduced_copy(open_source: Callable[[], gdal.Dataset], factor: int, scratch_d
         should_stop: polled between strips; True ends the reduction with ``ReductionStopped``.
         memory_limit: the largest copy, in bytes, kept in memory rather than on disk.
     """
-    if factor < 2 or factor & (factor - 1):
-        raise ValueError(f"reduction factor {factor} is not a power of two above 1")
-    source = open_source()
-    bands = source.RasterCount
-    if bands not in _MODES:
-        raise ValueError(f"invalid band count {bands}: expected gray or RGB, optionally with alpha")
 
-    width = -(-source.RasterXSize // factor)
-    height = -(-source.RasterYSize // factor)
-    target = _create_target(source, width, height, scratch_dir, memory_limit)
-    _copy_georeferencing(source, target, factor)
+    def __init__(self, open_source: Callable[[], gdal.Dataset], factor: int, scratch_dir: str,
+                 pool: Executor | None = None, should_stop: Callable[[], bool] | None = None,
+                 memory_limit: int = IN_MEMORY_MAX_BYTES) -> None:
+        if factor < 2 or factor & (factor - 1):
+            raise ValueError(f"reduction factor {factor} is not a power of two above 1")
+        source = open_source()
+        bands = source.RasterCount
+        if bands not in _MODES:
+            raise ValueError(
+                f"invalid band count {bands}: expected gray or RGB, optionally with alpha")
 
-    def reduce_strip(out_row: int) -> bytes:
-        strip_source = open_source()
-        first = out_row * factor
-        rows = min(OUTPUT_ROWS_PER_READ * factor, strip_source.RasterYSize - first)
-        return _read_strip(strip_source, first, rows).reduce(factor).tobytes()
+        self._open_source = open_source
+        self._factor = factor
+        self._pool = pool
+        self._should_stop = should_stop
+        width = -(-source.RasterXSize // factor)
+        height = -(-source.RasterYSize // factor)
+        self.dataset = _create_target(source, width, height, scratch_dir, memory_limit)
+        _copy_georeferencing(source, self.dataset, factor)
+        self.rows_written = 0
+        self._next_row = 0
+        self._in_flight: deque[tuple[int, Future[bytes]]] = deque()
+        self._submit_ahead()
 
-    in_flight: deque[tuple[int, Future[bytes]]] = deque()
-    try:
-        for out_row in range(0, height, OUTPUT_ROWS_PER_READ):
-            if should_stop is not None and should_stop():
-                raise ReductionStopped(f"reduction of the scan stopped at row {out_row * factor}")
-            if pool is None:
-                _write_strip(target, out_row, reduce_strip(out_row))
-                continue
-            in_flight.append((out_row, pool.submit(reduce_strip, out_row)))
-            while len(in_flight) >= STRIPS_IN_FLIGHT:
-                row, future = in_flight.popleft()
-                _write_strip(target, row, future.result())
-        while in_flight:
-            row, future = in_flight.popleft()
-            _write_strip(target, row, future.result())
-    finally:
-        for _, future in in_flight:
+    def wait_for_rows(self, rows: int) -> None:
+        """Write strips until at least ``rows`` rows (or all rows) of ``dataset`` are final."""
+        rows = min(rows, self.dataset.RasterYSize)
+        while self.rows_written < rows:
+            if self._should_stop is not None and self._should_stop():
+                raise ReductionStopped(
+                    f"reduction of the scan stopped at row {self.rows_written * self._factor}")
+            if self._pool is None:
+                pixels = self._reduce_strip(self._next_row)
+                self._next_row += OUTPUT_ROWS_PER_READ
+            else:
+                _, future = self._in_flight.popleft()
+                pixels = future.result()
+            _write_strip(self.dataset, self.rows_written, pixels)
+            self.rows_written = min(self.rows_written + OUTPUT_ROWS_PER_READ,
+                                    self.dataset.RasterYSize)
+            self._submit_ahead()
+
+    def cancel(self) -> None:
+        """Cancel the strips not started yet and wait for those running."""
+        for _, future in self._in_flight:
             future.cancel()
-        wait([future for _, future in in_flight])
-    return target
+        wait([future for _, future in self._in_flight])
+        self._in_flight.clear()
+
+    def _submit_ahead(self) -> None:
+        if self._pool is None:
+            return
+        while (len(self._in_flight) < STRIPS_IN_FLIGHT
+               and self._next_row < self.dataset.RasterYSize):
+            self._in_flight.append(
+                (self._next_row, self._pool.submit(self._reduce_strip, self._next_row)))
+            self._next_row += OUTPUT_ROWS_PER_READ
+
+    def _reduce_strip(self, out_row: int) -> bytes:
+        source = self._open_source()
+        first = out_row * self._factor
+        rows = min(OUTPUT_ROWS_PER_READ * self._factor, source.RasterYSize - first)
+        return _read_strip(source, first, rows).reduce(self._factor).tobytes()
 
 
 def _write_strip(target: gdal.Dataset, out_row: int, pixels: bytes) -> None:

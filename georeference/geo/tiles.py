@@ -37,7 +37,7 @@ from PIL import Image, ImageChops
 from georeference.geo.affine_warp import AffineStripWarper
 from georeference.geo.clip import rectangle
 from georeference.geo.reduce import reduce_half
-from georeference.geo.scan_reduction import ReductionStopped, reduced_copy, reduction_factor
+from georeference.geo.scan_reduction import ReducedScan, ReductionStopped, reduction_factor
 
 logger = logging.getLogger(__name__)
 
@@ -271,20 +271,29 @@ def build_tile_pyramid(
     try:
         with tempfile.TemporaryDirectory(prefix="tile-source-", dir=scratch_dir) as scratch, \
                 _TileWriter(output_dir, layout, processes, pool) as writer:
-            warp_source = source
+            reduced = None
             if factor > 1:
-                warp_source = _reduce_source(source_path, factor, scratch, writer.pool, should_stop)
-            reducer = _PyramidReducer(low_zoom, high_zoom, writer)
-            warper = _StripWarper(warp_source, transformer_options, processes)
-            for row, strip in warper.warp_rows(top_range):
-                if should_stop is not None and should_stop():
-                    raise TileBuildStopped(f"tile build of {source_path} stopped at row {row}")
-                if clip is not None:
-                    clip.apply(strip, top_range, row)
-                reducer.add_row(high_zoom, row, top_range.min_col, strip)
-            reducer.finish()
-            # Close the reduced copy before its scratch folder is removed.
-            warper = warp_source = None
+                reduced = ReducedScan(lambda: _open_source(source_path), factor, scratch,
+                                      writer.pool, should_stop)
+            try:
+                warper = _StripWarper(source if reduced is None else reduced.dataset,
+                                      transformer_options, processes,
+                                      None if reduced is None else reduced.wait_for_rows)
+                reducer = _PyramidReducer(low_zoom, high_zoom, writer)
+                for row, strip in warper.warp_rows(top_range):
+                    if should_stop is not None and should_stop():
+                        raise TileBuildStopped(f"tile build of {source_path} stopped at row {row}")
+                    if clip is not None:
+                        clip.apply(strip, top_range, row)
+                    reducer.add_row(high_zoom, row, top_range.min_col, strip)
+                reducer.finish()
+            except ReductionStopped as stopped:
+                raise TileBuildStopped(f"tile build of {source_path} stopped: {stopped}") from None
+            finally:
+                if reduced is not None:
+                    reduced.cancel()
+                # Close the reduced copy before its scratch folder is removed.
+                warper = reduced = None
         tile_count, byte_count = writer.tile_count, writer.byte_count
     finally:
         gdal.SetCacheMax(previous_cache_max)
@@ -292,14 +301,6 @@ def build_tile_pyramid(
     _write_tilemapresource(output_dir, footprint, low_zoom, high_zoom, title)
     logger.info("Wrote %d tiles (%d bytes) into %s", tile_count, byte_count, output_dir)
     return TilePyramid(output_dir, low_zoom, high_zoom, tile_count, byte_count, layout)
-
-
-def _reduce_source(source_path: str, factor: int, scratch: str, pool: ThreadPoolExecutor | None,
-                   should_stop: Callable[[], bool] | None) -> gdal.Dataset:
-    try:
-        return reduced_copy(lambda: _open_source(source_path), factor, scratch, pool, should_stop)
-    except ReductionStopped as stopped:
-        raise TileBuildStopped(f"tile build of {source_path} stopped: {stopped}") from None
 
 
 def _validate_arguments(
@@ -402,8 +403,10 @@ def _resolve_zoom_range(
 class _StripWarper:
     """Warp the source into the tile grid of one zoom, one row of tiles at a time."""
 
-    def __init__(self, source: gdal.Dataset, transformer_options: Sequence[str], threads: int) -> None:
+    def __init__(self, source: gdal.Dataset, transformer_options: Sequence[str], threads: int,
+                 wait_for_rows: Callable[[int], None] | None = None) -> None:
         self._source = source
+        self._wait_for_rows = wait_for_rows
         self._source_alpha = _has_alpha(source)
         self._color_bands = source.RasterCount - (1 if self._source_alpha else 0)
         if self._color_bands not in (1, 3):
@@ -423,7 +426,8 @@ class _StripWarper:
         mercator.ImportFromEPSG(3857)
         self._mercator_wkt = mercator.ExportToWkt()
         self._affine = AffineStripWarper(source, transformer_options, self._mercator_wkt,
-                                         self._color_bands, self._source_alpha, TILE_SIZE)
+                                         self._color_bands, self._source_alpha, TILE_SIZE,
+                                         wait_for_rows)
         self.gdal_strips = 0
         """Strips that the piecewise affine warp could not approximate and GDAL warped."""
 
@@ -441,6 +445,9 @@ class _StripWarper:
             strip = self._affine.warp(left, top, resolution, width, TILE_SIZE)
             if strip is None:
                 self.gdal_strips += 1
+                if self._wait_for_rows is not None:
+                    # GDAL's warper reads a window it chooses itself: the source must be complete.
+                    self._wait_for_rows(self._source.RasterYSize)
                 strip = self._warp_rows(tiles, row, 1)
             yield row, strip
 

@@ -11,6 +11,7 @@ import pytest
 from osgeo import gdal, osr
 
 from georeference.geo.scan_reduction import (
+    ReducedScan,
     ReductionStopped,
     reduced_copy,
     reduction_factor,
@@ -158,3 +159,21 @@ def test_factor_must_be_a_power_of_two(noise: tuple[np.ndarray, str], tmp_path: 
     _, path = noise
     with pytest.raises(ValueError, match="factor 3"):
         reduced_copy(lambda: gdal.Open(path), 3, str(tmp_path))
+
+
+def test_rows_written_as_needed(tmp_path: Path) -> None:
+    """A warp reading from the top gets the first strip before the rest of the scan is written."""
+    pixels = np.random.default_rng(9).integers(0, 256, (2100, 300, 3), dtype=np.uint8)
+    path = write_raster(tmp_path / "tall.tif", pixels)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reduced = ReducedScan(lambda: gdal.Open(path), 2, str(tmp_path), pool)
+        reduced.wait_for_rows(10)
+        first_strip = reduced.rows_written
+        reduced.wait_for_rows(reduced.dataset.RasterYSize + 99)
+        reduced.cancel()
+
+    assert first_strip == 256
+    assert reduced.rows_written == 1050
+    written = read_pixels(reduced.dataset)
+    assert np.abs(written.astype(int) - box_average(pixels, 2)).max() <= 1
