@@ -48,7 +48,7 @@ def write_scan(path: Path, bands: int, gcps: list[gdal.GCP]) -> str:
 
 
 def rotated_gcps(middle_shift: float = 0.0) -> list[gdal.GCP]:
-    """Corners of a scan turned by about 8 degrees near Dresden, plus its middle point.
+    """Corners of a scan turned by about 11 degrees near Dresden, plus its middle point.
 
     ``middle_shift`` moves the middle point in longitude, which bends a thin plate spline.
     """
@@ -123,7 +123,7 @@ def test_matches_gdal_nearest_warp(tmp_path: Path, bands: int, options: list[str
 
 
 def test_extreme_bend_left_to_gdal(tmp_path: Path) -> None:
-    """A spline bent by a 140 m shift on an 850 m sheet is not affine even over 16 pixels.
+    """A spline bent by a 140 m shift on an 840 m wide sheet is not affine even over 16 pixels.
 
     Those strips come back as None, for GDAL's warper; the others are still warped here.
     """
