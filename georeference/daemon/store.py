@@ -299,7 +299,7 @@ class JobStore:
                                   Job.attempts >= max_attempts)).all()
             for job in jobs:
                 job.claimed_by = self.runner_id
-                # finish() matches on claimed_by in SQL, which sees only flushed changes.
+                # finish() matches claimed_by in SQL, so the new value must be flushed first.
                 session.flush()
                 self.finish(session, job.id, "failed",
                             f"the runner died {job.attempts} times while running this job "

@@ -75,7 +75,7 @@ def reduced_copy(open_source: Callable[[], gdal.Dataset], factor: int, scratch_d
 class ReducedScan:
     """The source shrunk ``factor`` times on each axis, written strip by strip as rows are needed.
 
-    Every output pixel is the average of a box of ``factor`` x ``factor`` scan pixels; the
+    Every output pixel is the average of a box of ``factor`` x ``factor`` scan pixels. The
     boxes at the right and bottom edges average the pixels they have. Pillow weights colours
     by alpha when the scan has an alpha band, so transparent pixels do not darken edges.
 

@@ -287,6 +287,7 @@ def build_tile_pyramid(
                         clip.apply(strip, top_range, row)
                     reducer.add_row(high_zoom, row, top_range.min_col, strip)
                 reducer.finish()
+                gdal_strips = warper.gdal_strips
             except ReductionStopped as stopped:
                 raise TileBuildStopped(f"tile build of {source_path} stopped: {stopped}") from None
             finally:
@@ -299,7 +300,8 @@ def build_tile_pyramid(
         gdal.SetCacheMax(previous_cache_max)
 
     _write_tilemapresource(output_dir, footprint, low_zoom, high_zoom, title)
-    logger.info("Wrote %d tiles (%d bytes) into %s", tile_count, byte_count, output_dir)
+    logger.info("Wrote %d tiles (%d bytes) into %s; %d of %d strips warped by GDAL", tile_count,
+                byte_count, output_dir, gdal_strips, top_range.row_count)
     return TilePyramid(output_dir, low_zoom, high_zoom, tile_count, byte_count, layout)
 
 
@@ -428,8 +430,8 @@ class _StripWarper:
         self._affine = AffineStripWarper(source, transformer_options, self._mercator_wkt,
                                          self._color_bands, self._source_alpha, TILE_SIZE,
                                          wait_for_rows)
+        # Strips that the piecewise affine warp could not approximate, so GDAL warped them.
         self.gdal_strips = 0
-        """Strips that the piecewise affine warp could not approximate and GDAL warped."""
 
     def warp_rows(self, tiles: TileRange) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (tile row, RGBA strip of shape (256, 256 * columns, 4)) from top to bottom.

@@ -367,7 +367,8 @@ def test_pass_resolves_whole_queue(settings, engine, session_factory):
         session.commit()
 
     summary = run_jobs(settings, engine)
-    assert len(summary.failed) == count and not summary.completed
+    assert len(summary.failed) == count
+    assert not summary.completed
     with session_factory() as session:
         states = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
         assert states == [("failed", count)]
@@ -377,7 +378,7 @@ class _StopAfterFollowingClaim(JobLoop):
     """A runner whose stop request arrives just after a finishing commit claimed the next job.
 
     The window between the last stop check and the commit is a few milliseconds wide, so the
-    stop is requested there on purpose; everything else is the real loop and database.
+    stop is requested there on purpose. Everything else is the real loop and database.
     """
 
     def _claim_following(self, session):

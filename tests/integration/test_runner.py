@@ -211,9 +211,9 @@ def test_run_once_exit_codes(ini, settings, engine):
     assert failed.returncode == 1
     assert "transformation 404 does not exist" in failed.stderr
     # The queue keys a job without a map as 0; show prints "-" for it, as the log does.
-    shown = run(JOBS, "--config", ini, "show", str(unknown_id))
-    assert "raw_map_id: -" in shown.stdout
-    assert "state: failed" in shown.stdout
+    show_output = run(JOBS, "--config", ini, "show", str(unknown_id)).stdout
+    assert "raw_map_id: -" in show_output
+    assert "state: failed" in show_output
 
 
 def test_jobs_cli_add_list_show(ini, settings, engine):

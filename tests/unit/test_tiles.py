@@ -280,7 +280,8 @@ def test_fine_scan_averaged_not_aliased(tmp_path: Path) -> None:
     assert (result.max_zoom, result.tile_count) == (ZOOM, 1)
     tile = read_tile(output, ZOOM, FIRST_COL, FIRST_ROW)
     grey = tile[:, : TILE_SIZE // 2, :3].astype(int)
-    assert grey.min() >= 127 and grey.max() <= 128
+    assert grey.min() >= 127
+    assert grey.max() <= 128
     assert np.all(tile[:, TILE_SIZE // 2 :, :3] == (200, 30, 30))
     assert np.all(tile[..., 3] == 255)
 
@@ -449,7 +450,7 @@ def test_palette_decision_matches_psnr(transparent_columns: int) -> None:
     """The encoder's histogram PSNR for opaque and 0/255-alpha tiles equals palette_psnr.
 
     Smooth gradients with noise have more than 256 colours, so the palette is lossy and
-    the PSNR finite; it decides between palette and RGBA at 35 dB.
+    the PSNR finite. That PSNR decides between palette and RGBA at 35 dB.
     """
     rng = np.random.default_rng(5)
     ramp = np.linspace(0, 255, TILE_SIZE)
