@@ -26,11 +26,24 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from georeference.database import make_engine  # noqa: E402
 from georeference.models import Job  # noqa: E402
-from georeference.settings import build_settings  # noqa: E402
+from georeference.settings import Settings, build_settings  # noqa: E402
 from tests.conftest import TEMPLATE_DATABASE  # noqa: E402
 from tests.factories import add_map, add_transformation, synthetic_params  # noqa: E402
 from tests.integration.test_runner import RUNNER, write_ini  # noqa: E402
 from tests.pgcluster import PostgresCluster  # noqa: E402
+
+
+def bench_settings(url: str, workdir: str, **extra: str) -> Settings:
+    """Return runner settings for ``url`` with every product root inside ``workdir``."""
+    values = {
+        "sqlalchemy.url": url,
+        "georeference.image_root": os.path.join(workdir, "raw"),
+        "georeference.georef_root": os.path.join(workdir, "georef"),
+        "georeference.tms_root": os.path.join(workdir, "tms"),
+        "georeference.mapfile_root": os.path.join(workdir, "mapfiles"),
+        "georeference.tmp_root": os.path.join(workdir, "tmp"),
+    }
+    return build_settings({**values, **extra}, workdir)
 
 
 def start_cluster() -> tuple[PostgresCluster, str]:
@@ -65,15 +78,8 @@ def main() -> int:
 
     cluster, url = start_cluster()
     workdir = tempfile.mkdtemp(prefix="bench-pickup-")
-    settings = build_settings({
-        "sqlalchemy.url": url,
-        "georeference.image_root": os.path.join(workdir, "raw"),
-        "georeference.georef_root": os.path.join(workdir, "georef"),
-        "georeference.tms_root": os.path.join(workdir, "tms"),
-        "georeference.mapfile_root": os.path.join(workdir, "mapfiles"),
-        "georeference.tmp_root": os.path.join(workdir, "tmp"),
-        "georeference.daemon.pidfile": os.path.join(workdir, "runner.pid"),
-    }, workdir)
+    settings = bench_settings(url, workdir, **{
+        "georeference.daemon.pidfile": os.path.join(workdir, "runner.pid")})
     ini = write_ini(os.path.join(workdir, "runner.ini"), settings,
                     **{"georeference.daemon.sleep_time": "600"})
     engine = make_engine(url)

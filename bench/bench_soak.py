@@ -38,11 +38,10 @@ from osgeo import gdal  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.bench_pickup import start_cluster  # noqa: E402
+from bench.bench_pickup import bench_settings, start_cluster  # noqa: E402
 from georeference.database import make_engine  # noqa: E402
 from georeference.models import GeorefMap, Job, JobHistory, Transformation  # noqa: E402
 from georeference.publish import paths  # noqa: E402
-from georeference.settings import build_settings  # noqa: E402
 from tests.factories import SYNTHETIC_CORNERS, add_map, synthetic_params  # noqa: E402
 from tests.integration.test_runner import RUNNER, write_ini  # noqa: E402
 
@@ -206,14 +205,7 @@ def main() -> int:
 
     cluster, url = start_cluster()
     workdir = tempfile.mkdtemp(prefix="bench-soak-")
-    settings = build_settings({
-        "sqlalchemy.url": url,
-        "georeference.image_root": os.path.join(workdir, "raw"),
-        "georeference.georef_root": os.path.join(workdir, "georef"),
-        "georeference.tms_root": os.path.join(workdir, "tms"),
-        "georeference.mapfile_root": os.path.join(workdir, "mapfiles"),
-        "georeference.tmp_root": os.path.join(workdir, "tmp"),
-    }, workdir)
+    settings = bench_settings(url, workdir)
     engine = make_engine(url)
     inis = [make_ini(workdir, settings, index) for index in range(RUNNERS)]
     processes: list[subprocess.Popen | None] = [None] * RUNNERS

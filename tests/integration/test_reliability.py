@@ -188,6 +188,16 @@ def georef_transformation(engine, map_id: int = 10) -> int | None:
         return row.transformation_id if row is not None else None
 
 
+def add_large_map(engine, settings) -> int:
+    """Add map 10 with a scan scaled up so its job runs for seconds; return its transformation."""
+    with Session(engine) as session:
+        add_map(session, settings)
+    write_large_scan(os.path.join(settings.image_root, "scans", "synthetic.tif"),
+                     SYNTHETIC_WIDTH * SCALE, SYNTHETIC_HEIGHT * SCALE)
+    with Session(engine) as session:
+        return add_transformation(session, 10, synthetic_params(corners=corners(scale=SCALE)))
+
+
 # -- 1. kill -9 in the middle of a transformation_process -----------------------------------
 
 @POSTGRESQL_ONLY
@@ -238,13 +248,7 @@ def test_database_outage_mid_job_is_retried(settings, engine, tmp_path, runners,
     # runner, so the test also shows both survive the outage.
     ini = write_ini(tmp_path / "runner.ini", settings,
                     **{"georeference.daemon.sleep_time": "600"})
-    with Session(engine) as session:
-        add_map(session, settings)
-    write_large_scan(os.path.join(settings.image_root, "scans", "synthetic.tif"),
-                     SYNTHETIC_WIDTH * SCALE, SYNTHETIC_HEIGHT * SCALE)
-    gcps = corners(scale=SCALE)
-    with Session(engine) as session:
-        transformation_id = add_transformation(session, 10, synthetic_params(corners=gcps))
+    transformation_id = add_large_map(engine, settings)
     pid = start(ini)
     runners.append(pid)
     job_id = queue(engine, "transformation_process", transformation_id=transformation_id)
@@ -278,7 +282,7 @@ def test_database_outage_mid_job_is_retried(settings, engine, tmp_path, runners,
     assert job(engine, job_id).attempts == 1
     assert job(engine, job_id).retries == 1
     assert [row.state for row in history(engine, job_id)] == ["completed"]
-    assert_products_from(settings, gcps)
+    assert_products_from(settings, corners(scale=SCALE))
     wait_for(lambda: scratch_entries(settings) == [])
 
     # Bad input on the same runner fails once, with its message, and is not retried.
@@ -357,13 +361,7 @@ def test_disk_full_fails_job_keeps_products(settings, engine, tmp_path,
 def test_job_past_time_limit_fails(settings, engine, tmp_path):
     ini = write_ini(tmp_path / "runner.ini", settings,
                     **{"georeference.job.time_limit": "1", "georeference.tms.max_zoom": "17"})
-    with Session(engine) as session:
-        add_map(session, settings)
-    write_large_scan(os.path.join(settings.image_root, "scans", "synthetic.tif"),
-                     SYNTHETIC_WIDTH * SCALE, SYNTHETIC_HEIGHT * SCALE)
-    with Session(engine) as session:
-        transformation_id = add_transformation(
-            session, 10, synthetic_params(corners=corners(scale=SCALE)))
+    transformation_id = add_large_map(engine, settings)
     job_id = queue(engine, "transformation_process", transformation_id=transformation_id)
 
     result = run(RUNNER, "--config", ini, "run", "--once", timeout=300)
@@ -474,13 +472,7 @@ def test_runner_died_max_attempts_fails_job(settings, engine, tmp_path, runners)
     ini = write_ini(tmp_path / "runner.ini", settings,
                     **{"georeference.job.lease_seconds": "5",
                        "georeference.job.max_attempts": "3"})
-    with Session(engine) as session:
-        add_map(session, settings)
-    write_large_scan(os.path.join(settings.image_root, "scans", "synthetic.tif"),
-                     SYNTHETIC_WIDTH * SCALE, SYNTHETIC_HEIGHT * SCALE)
-    with Session(engine) as session:
-        transformation_id = add_transformation(
-            session, 10, synthetic_params(corners=corners(scale=SCALE)))
+    transformation_id = add_large_map(engine, settings)
     job_id = queue(engine, "transformation_process", transformation_id=transformation_id)
 
     for attempt in (1, 2, 3):
