@@ -15,6 +15,7 @@ whole in memory.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,10 @@ from concurrent.futures import Executor, Future, wait
 import numpy as np
 from osgeo import gdal
 from PIL import Image
+
+from georeference.geo.jpeg_tiff import ScaledJpegTiff
+
+logger = logging.getLogger(__name__)
 
 gdal.UseExceptions()
 
@@ -78,6 +83,8 @@ class ReducedScan:
     Every output pixel is the average of a box of ``factor`` x ``factor`` scan pixels. The
     boxes at the right and bottom edges average the pixels they have. Pillow weights colours
     by alpha when the scan has an alpha band, so transparent pixels do not darken edges.
+    A JPEG-compressed TIFF is decoded straight at the reduced size where it can be
+    (``jpeg_tiff``), which averages each box inside libjpeg's inverse DCT instead.
 
     Strips are reduced in ``pool`` a few ahead of the rows asked for, so a warp that reads
     the copy from the top can start before the whole scan is decoded. ``dataset`` must only
@@ -107,6 +114,7 @@ class ReducedScan:
 
         self._open_source = open_source
         self._factor = factor
+        self._jpeg = ScaledJpegTiff.open(source, factor)
         self._pool = pool
         self._should_stop = should_stop
         width = -(-source.RasterXSize // factor)
@@ -153,8 +161,14 @@ class ReducedScan:
             self._next_row += OUTPUT_ROWS_PER_READ
 
     def _reduce_strip(self, out_row: int) -> bytes:
-        source = self._open_source()
         first = out_row * self._factor
+        if self._jpeg is not None:
+            try:
+                return self._jpeg.read(first, OUTPUT_ROWS_PER_READ * self._factor).tobytes()
+            except (OSError, ValueError, SyntaxError) as error:
+                # GDAL decodes the strip instead, and reports the damage in its own terms.
+                logger.debug("Scaled JPEG decoding of scan rows from %d failed: %s", first, error)
+        source = self._open_source()
         rows = min(OUTPUT_ROWS_PER_READ * self._factor, source.RasterYSize - first)
         return _read_strip(source, first, rows).reduce(self._factor).tobytes()
 
