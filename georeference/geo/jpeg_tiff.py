@@ -22,11 +22,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 from osgeo import gdal
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,8 @@ class ScaledJpegTiff:
         path = _pixel_file(dataset)
         if path is None:
             return None
-        try:
-            with Image.open(path) as image:
-                tags = dict(image.tag_v2)
-        except (OSError, ValueError, SyntaxError):
+        tags = _first_directory_tags(path)
+        if tags is None:
             return None
         reader = cls._from_tags(path, tags, factor, dataset)
         if reader is None or not reader._agrees_with_gdal(dataset):
@@ -200,6 +199,25 @@ class ScaledJpegTiff:
             # stream follows them without its SOI.
             data = self._tables[:-2] + data[2:]
         return Image.open(io.BytesIO(data), formats=["JPEG"])
+
+
+def _first_directory_tags(path: str) -> dict | None:
+    """Return the tags of a TIFF file's first image directory, or None if it is not a TIFF.
+
+    The directory is read without ``Image.open``, whose decompression bomb check rejects
+    scans above about 179 million pixels, which a large map sheet can reach.
+    """
+    try:
+        with open(path, "rb") as file:
+            header = file.read(8)
+            if header[2:3] == b"\x2b":  # BigTIFF: the first directory's offset takes 8 bytes
+                header += file.read(8)
+            directory = TiffImagePlugin.ImageFileDirectory_v2(header)
+            file.seek(directory.next)
+            directory.load(file)
+            return dict(directory)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return None
 
 
 def _as_tuple(value: object) -> tuple:

@@ -76,6 +76,7 @@ LAYOUTS = {
                                      "BLOCKXSIZE=64", "BLOCKYSIZE=64"]),
     "gray strips of 8 rows": (1, ["COMPRESS=JPEG", "BLOCKYSIZE=8"]),
     "RGB strips of 24 rows": (3, ["COMPRESS=JPEG", "BLOCKYSIZE=24"]),
+    "RGB strips in a BigTIFF": (3, ["COMPRESS=JPEG", "BLOCKYSIZE=16", "BIGTIFF=YES"]),
 }
 
 
@@ -212,3 +213,20 @@ def test_reduced_scan_uses_scaled_decode(tmp_path: Path, caplog) -> None:
     assert "scaled IDCT" in caplog.text
     assert psnr(ours, gdal_reduced(path, 4)) >= MIN_PSNR_DB
     assert gcps == [(0.0, 0.0), (SIZE[0] / 4, 0.0), (0.0, SIZE[1] / 4), (SIZE[0] / 4, SIZE[1] / 4)]
+
+
+def test_scan_above_pillow_pixel_limit(tmp_path: Path) -> None:
+    """Should read a scan larger than Pillow's decompression bomb limit, as big sheets are."""
+    path = str(tmp_path / "large.tif")
+    dataset = gdal.GetDriverByName("GTiff").Create(path, 14000, 13000, 1, gdal.GDT_Byte,
+                                                   options=["COMPRESS=JPEG", "TILED=YES"])
+    dataset.GetRasterBand(1).Fill(77)
+    dataset = None
+    assert 14000 * 13000 > 2 * Image.MAX_IMAGE_PIXELS
+
+    reader = ScaledJpegTiff.open(gdal.Open(path), 8)
+
+    assert reader is not None
+    strip = np.asarray(reader.read(0, 512))
+    assert strip.shape == (64, 1750)
+    assert np.unique(strip).tolist() == [77]
