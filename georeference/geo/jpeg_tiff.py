@@ -24,6 +24,7 @@ import logging
 import os
 import struct
 import xml.etree.ElementTree as ElementTree
+from typing import BinaryIO
 
 import numpy as np
 from osgeo import gdal
@@ -55,7 +56,7 @@ _SIMPLE_SOURCE_CHILDREN = {"SourceFilename", "SourceBand", "SourceProperties", "
 class ScaledJpegTiff:
     """A JPEG-compressed TIFF whose rows are read already reduced by a power of two.
 
-    ``read`` may be called from several threads at once: every call opens the file itself.
+    ``read`` may be called from several threads at once, because every call opens the file itself.
     """
 
     def __init__(self, path: str, factor: int, size: tuple[int, int], block: tuple[int, int],
@@ -98,13 +99,14 @@ class ScaledJpegTiff:
         last_row = min(first_row + rows, self._height)
         top = first_row // scale
         canvas = Image.new(self._mode, (-(-self._width // scale), -(-last_row // scale) - top))
-        for block_row in range(first_row // self._block_height,
-                               (last_row - 1) // self._block_height + 1):
-            y = block_row * self._block_height // scale - top
-            for block_column in range(self._blocks_across):
-                index = block_row * self._blocks_across + block_column
-                canvas.paste(self._decode(index, block_row),
-                             (block_column * self._block_width // scale, y))
+        with open(self._path, "rb") as file:
+            for block_row in range(first_row // self._block_height,
+                                   (last_row - 1) // self._block_height + 1):
+                y = block_row * self._block_height // scale - top
+                for block_column in range(self._blocks_across):
+                    index = block_row * self._blocks_across + block_column
+                    canvas.paste(self._decode(file, index, block_row),
+                                 (block_column * self._block_width // scale, y))
         if self._factor > scale:
             return canvas.reduce(self._factor // scale)
         return canvas
@@ -151,7 +153,7 @@ class ScaledJpegTiff:
         width = min(self._block_width, self._width)
         height = min(self._block_height, self._height)
         try:
-            with self._open_block(0) as decoded:
+            with open(self._path, "rb") as file, self._open_block(file, 0) as decoded:
                 ours = np.asarray(decoded.crop((0, 0, width, height)), dtype=np.int16)
         except (OSError, ValueError, SyntaxError):
             return False
@@ -165,13 +167,13 @@ class ScaledJpegTiff:
             return False
         return True
 
-    def _decode(self, index: int, block_row: int) -> Image.Image:
+    def _decode(self, file: BinaryIO, index: int, block_row: int) -> Image.Image:
         """Return block ``index`` reduced by the DCT scale and cropped to the image."""
         scale = self._scale
         rows = min(self._block_height, self._height - block_row * self._block_height)
         column = index % self._blocks_across
         columns = min(self._block_width, self._width - column * self._block_width)
-        with self._open_block(index) as image:
+        with self._open_block(file, index) as image:
             frame_width, frame_height = image.size
             # A tile that sticks out of the image contains padding, which the scaled IDCT would
             # average into the last partial box. So such a tile is decoded whole.
@@ -190,10 +192,9 @@ class ScaledJpegTiff:
             decoded = decoded.reduce(scale // done)
         return decoded
 
-    def _open_block(self, index: int) -> Image.Image:
-        with open(self._path, "rb") as file:
-            file.seek(self._offsets[index])
-            data = file.read(self._byte_counts[index])
+    def _open_block(self, file: BinaryIO, index: int) -> Image.Image:
+        file.seek(self._offsets[index])
+        data = file.read(self._byte_counts[index])
         if self._tables is not None and len(self._tables) > 4:
             # The tables are a JPEG stream of their own (SOI, tables, EOI). The block's
             # stream follows them without its SOI.
