@@ -5,7 +5,7 @@ transaction of its own or in the commit that records the previous job's outcome,
 quick job costs one commit. On PostgreSQL the claim takes the row with ``FOR UPDATE SKIP
 LOCKED``, so several runners never take the same job. Jobs of one raw map run one at a time
 and in submission order: a job is only claimable when no older unfinished job of its map
-exists.
+exists. An ``initialize_data`` job runs alone, after every older job and before every newer one.
 """
 
 from __future__ import annotations
@@ -40,13 +40,29 @@ _NO_OLDER_JOB_OF_MAP = """
         AND o.state IN ('not_started', 'running')
         AND (o.submitted < j.submitted OR (o.submitted = j.submitted AND o.id < j.id)))"""
 
+# initialize_data is a barrier in submission order. It starts only when no older job is
+# unfinished, and no newer job starts while it is unfinished. Otherwise it could read a map
+# as enabled, a newer set_invalid job withdraw that map, and initialize_data then install
+# the map's products again at its commit. initialize_data's map key is 0, so
+# jobs_claim_idx, on (state, raw_map_id), can find the barrier rows for the first test.
+_NO_BARRIER_CROSSED = """
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs b
+      WHERE b.raw_map_id = 0 AND b.type = 'initialize_data' AND b.id <> j.id
+        AND b.state IN ('not_started', 'running')
+        AND (b.submitted < j.submitted OR (b.submitted = j.submitted AND b.id < j.id)))
+  AND (j.type <> 'initialize_data' OR NOT EXISTS (
+      SELECT 1 FROM jobs o
+      WHERE o.id <> j.id AND o.state IN ('not_started', 'running')
+        AND (o.submitted < j.submitted OR (o.submitted = j.submitted AND o.id < j.id))))"""
+
 # A running job whose lease ran out is taken over only while its attempts are below the
 # limit. At the limit ``fail_exhausted`` fails it instead, and no runner may retake it in
 # between.
 _ABANDONED_CANDIDATE = """
 SELECT j.id FROM jobs j
 WHERE j.state = 'running' AND j.lease_expires < :now AND j.attempts < :max_attempts
-""" + _NO_OLDER_JOB_OF_MAP + """
+""" + _NO_OLDER_JOB_OF_MAP + _NO_BARRIER_CROSSED + """
 ORDER BY j.submitted, j.id
 LIMIT 1"""
 
@@ -56,7 +72,7 @@ _PENDING_CANDIDATE = """
 SELECT j.id FROM jobs j
 WHERE j.state = 'not_started' AND j.raw_map_id IS NOT NULL
   AND (j.lease_expires IS NULL OR j.lease_expires <= :now)
-""" + _NO_OLDER_JOB_OF_MAP + """
+""" + _NO_OLDER_JOB_OF_MAP + _NO_BARRIER_CROSSED + """
 ORDER BY j.submitted, j.id
 LIMIT 1"""
 

@@ -453,3 +453,53 @@ def test_exhausted_job_fails_in_same_pass(settings, engine, session_factory):
         assert row.state == "failed"
         assert row.comment.startswith(f"the runner died {settings.max_attempts} times")
         assert history_row(session, job_id).state == "failed"
+
+
+def test_initialize_data_runs_alone(settings, engine, session_factory):
+    """initialize_data waits for every older job, and every newer job waits for it.
+
+    Without that, it could read a map as enabled while a newer set_invalid job withdraws
+    the map, and then install the map's products again at its own commit.
+    """
+    from georeference.daemon.store import JobStore
+
+    with session_factory() as session:
+        add_map(session, settings)
+        transformation_id = add_transformation(session, 10, synthetic_params())
+        older = add_job(session, "transformation_set_valid", {"transformation_id": transformation_id})
+        initialize = add_job(session, "initialize_data", {})
+        newer = add_job(session, "transformation_set_invalid", {"transformation_id": transformation_id})
+    first = JobStore(engine, "host:1:aaaa", "host", 1, 60.0)
+    second = JobStore(engine, "host:2:bbbb", "host", 2, 60.0)
+    first.resolve_map_ids()
+
+    assert first.claim_next(3).id == older
+    # The older job is still running: initialize_data waits, and the newer job behind it.
+    assert second.claim_next(3) is None
+    with session_factory.begin() as session:
+        assert first.finish(session, older, "completed", None)
+    assert second.claim_next(3).id == initialize
+    assert first.claim_next(3) is None
+    with session_factory.begin() as session:
+        assert second.finish(session, initialize, "completed", None)
+    assert first.claim_next(3).id == newer
+
+
+def test_initialize_data_waits_for_job_due_later(settings, engine, session_factory):
+    """An older job released for a retry still holds initialize_data back until it is done."""
+    from georeference.daemon.store import JobStore
+
+    with session_factory() as session:
+        add_map(session, settings)
+        transformation_id = add_transformation(session, 10, synthetic_params())
+        older = add_job(session, "transformation_set_valid", {"transformation_id": transformation_id})
+        initialize = add_job(session, "initialize_data", {})
+    store = JobStore(engine, "host:1:aaaa", "host", 1, 60.0)
+    store.resolve_map_ids()
+    assert store.claim_next(3).id == older
+    store.release(older, retry_after=600.0, reason="database unreachable")
+
+    assert store.claim_next(3) is None
+    with session_factory() as session:
+        assert job_row(session, initialize).state == "not_started"
+        assert job_row(session, older).state == "not_started"
