@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from georeference.cli.options import add_config_option
 from georeference.cli.output import discard_stdout
 from georeference.database import check_database, make_engine
 from georeference.errors import ConfigurationError, StorageError
@@ -82,20 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="georeference-jobs",
                                      description="Queue and inspect georeference jobs.")
-    parser.add_argument("--config", default=None,
-                        help="PasteDeploy ini file (default: ./production.ini, else the "
-                             "project's production.ini)")
+    config = add_config_option(parser)
     parser.set_defaults(default_config=default_config_path())
     commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add", help="queue a job")
+    add = commands.add_parser("add", parents=[config], help="queue a job")
     add.add_argument("type", help=f"job type: {', '.join(JOB_TYPES)}")
     add.add_argument("--transformation-id", type=int, help="id in the transformations table")
     add.add_argument("--comment", help="review comment, stored with the transformation")
     add.add_argument("--user", default="operator", help="user id recorded with the job")
-    listing = commands.add_parser("list", help="list the newest jobs")
+    listing = commands.add_parser("list", parents=[config], help="list the newest jobs")
     listing.add_argument("--state", choices=("not_started", "running", "completed", "failed"))
     listing.add_argument("--limit", type=int, default=20, help="rows to show (default: 20)")
-    show = commands.add_parser("show", help="show one job")
+    show = commands.add_parser("show", parents=[config], help="show one job")
     show.add_argument("id", type=int)
     return parser
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
+
+EXIT_GRACE_SECONDS = 5.0
+"""Longest wait for a killed runner's threads to exit and release the pidfile's lock."""
 
 
 class AlreadyRunningError(Exception):
@@ -41,6 +45,37 @@ def is_locked(path: str) -> bool:
         return True
     finally:
         os.close(descriptor)
+    return False
+
+
+def process_ended(pid: int) -> bool:
+    """Return True when no process has this pid or it has ended and awaits reaping (a zombie).
+
+    After ``kill -9`` the main thread of a runner is a zombie while its other threads still
+    exit, and only then does the kernel release the pidfile's lock.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[-1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in ("Z", "X")
+
+
+def holds_lock(path: str, grace: float = EXIT_GRACE_SECONDS) -> bool:
+    """Return True when a live runner holds the pidfile's lock.
+
+    A holder that has already ended (killed, threads still exiting) is waited for up to
+    ``grace`` seconds, so that ``kill -9`` followed at once by ``start`` works.
+    """
+    deadline = time.monotonic() + grace
+    while is_locked(path):
+        pid = read_pid(path)
+        if pid is None or not process_ended(pid) or time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
     return False
 
 

@@ -20,8 +20,9 @@ if __package__ in (None, ""):
     # script's folder, whose module names must not shadow others.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from georeference.cli.options import add_config_option
 from georeference.cli.output import discard_stdout
-from georeference.daemon.pidfile import AlreadyRunningError, PidFile, is_locked, read_pid
+from georeference.daemon.pidfile import AlreadyRunningError, PidFile, holds_lock, read_pid
 from georeference.errors import ConfigurationError, StorageError
 from georeference.settings import Settings, load_settings
 
@@ -176,12 +177,19 @@ def _daemon_main(settings: Settings) -> None:
 
 def command_start(settings: Settings) -> int:
     """Start the daemon in the background and wait until it has locked its pidfile."""
-    if is_locked(settings.pidfile):
+    if holds_lock(settings.pidfile):
         print(f"georeference-runner: already running with pid {read_pid(settings.pidfile)} "
               f"(pidfile {settings.pidfile})", file=sys.stderr)
         return EXIT_ERROR
     engine = _connect(settings)
+    sqlite = engine.dialect.name == "sqlite"
     engine.dispose()
+    if sqlite:
+        # The daemon would take this lock only after detaching, and end with the reason
+        # in its log alone: check it here, where the operator sees the message.
+        lock = SingleRunnerLock(settings)
+        lock.acquire()
+        lock.release()
     # A broken logging section fails here, with its message, not silently in the daemon.
     from georeference.logconfig import configure_logging
     configure_logging(settings)
@@ -200,7 +208,7 @@ def command_start(settings: Settings) -> int:
 
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if is_locked(settings.pidfile) and read_pid(settings.pidfile):
+        if holds_lock(settings.pidfile, grace=0.0) and read_pid(settings.pidfile):
             print(f"georeference-runner: started with pid {read_pid(settings.pidfile)}")
             return EXIT_OK
         time.sleep(0.1)
@@ -212,13 +220,13 @@ def command_start(settings: Settings) -> int:
 def command_stop(settings: Settings, timeout: float) -> int:
     """Send SIGTERM and wait until the runner has finished its current job and ended."""
     pid = read_pid(settings.pidfile)
-    if not is_locked(settings.pidfile) or pid is None:
+    if not holds_lock(settings.pidfile) or pid is None:
         print("georeference-runner: not running")
         return EXIT_OK
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_locked(settings.pidfile):
+        if not holds_lock(settings.pidfile, grace=0.0):
             print(f"georeference-runner: stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.2)
@@ -231,7 +239,7 @@ def command_status(settings: Settings) -> int:
     """Print whether the runner is running, the job counts, live runners and index backlog."""
     from georeference.daemon.status import collect_status
 
-    running = is_locked(settings.pidfile)
+    running = holds_lock(settings.pidfile)
     pid = read_pid(settings.pidfile)
     if running:
         print(f"runner: running (pid {pid})")
@@ -266,19 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="georeference-runner",
         description="Georeference jobs runner: polls the vkdb jobs table and publishes maps.")
-    parser.add_argument("--config", default=None,
-                        help="PasteDeploy ini file (default: ./production.ini, else the "
-                             "project's production.ini)")
+    config = add_config_option(parser)
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("start", help="start the daemon in the background")
-    stop = commands.add_parser("stop", help="stop the daemon after its current job")
+    commands.add_parser("start", parents=[config], help="start the daemon in the background")
+    stop = commands.add_parser("stop", parents=[config], help="stop the daemon after its current job")
     stop.add_argument("--timeout", type=float, default=DEFAULT_STOP_TIMEOUT,
                       help="seconds to wait for the daemon to end (default: %(default)s)")
-    commands.add_parser("status", help="show whether the daemon runs and the job counts")
-    run = commands.add_parser("run", help="run in the foreground")
+    commands.add_parser("status", parents=[config], help="show whether the daemon runs and the job counts")
+    run = commands.add_parser("run", parents=[config], help="run in the foreground")
     run.add_argument("--once", action="store_true",
                      help="process the pending jobs, then exit: 0, or 1 if a job failed")
-    commands.add_parser("init-db", help="create missing vkdb tables and run migrations")
+    commands.add_parser("init-db", parents=[config], help="create missing vkdb tables and run migrations")
     return parser
 
 

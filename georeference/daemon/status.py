@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from georeference.database import check_database, make_engine, safe_url
 from georeference.errors import StorageError
 from georeference.daemon.loop import count_jobs
+from georeference.daemon.pidfile import process_ended
 from georeference.daemon.store import JobStore
 from georeference.models import Job, SearchOutbox
 from georeference.settings import Settings
@@ -32,16 +32,6 @@ def collect_status(settings: Settings) -> list[str]:
         engine.dispose()
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _status_lines(settings: Settings, engine) -> list[str]:
     counts = count_jobs(engine)
     lines = [f"jobs: {counts.get('not_started', 0)} pending, {counts.get('running', 0)} running, "
@@ -49,10 +39,10 @@ def _status_lines(settings: Settings, engine) -> list[str]:
 
     store = JobStore(engine, "status", "", 0, settings.lease_seconds)
     here = socket.gethostname()
-    # A runner on this host whose process is gone died without unregistering (kill -9);
-    # its heartbeat is still recent, but it is not live.
+    # A runner on this host whose process has ended died without unregistering (kill -9).
+    # Its heartbeat is still recent, but it is not live.
     runners = [runner for runner in store.live_runners(exclude_self=False)
-               if runner.host != here or _process_exists(runner.pid)]
+               if runner.host != here or not process_ended(runner.pid)]
     lines.append(f"live runners: {len(runners)}")
     with store.sessions() as session:
         for runner in runners:

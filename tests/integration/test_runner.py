@@ -128,7 +128,8 @@ def test_daemon_lifecycle(ini, settings, engine):
     assert second.returncode == 2
     assert f"already running with pid {pid}" in second.stderr
 
-    status = run(RUNNER, "--config", ini, "status")
+    # The option is accepted after the subcommand as well.
+    status = run(RUNNER, "status", "--config", ini)
     assert status.returncode == 0
     assert f"runner: running (pid {pid})" in status.stdout
     assert "live runners: 1" in status.stdout
@@ -286,6 +287,13 @@ def test_second_runner_on_sqlite_rejected(ini, settings, engine, tmp_path):
         second = run(RUNNER, "--config", other_ini, "run", "--once")
         assert second.returncode == 2
         assert "SQLite supports one runner at a time" in second.stderr
+
+        # In the background too: start says so itself, rather than a daemon dying after it.
+        background = run(RUNNER, "start", "--config", other_ini)
+        assert background.returncode == 2, background.stdout
+        assert "SQLite supports one runner at a time" in background.stderr
+        assert len(background.stderr.strip().splitlines()) == 1
+        assert not os.path.exists(tmp_path / "other.pid")
     finally:
         assert run(RUNNER, "--config", ini, "stop").returncode == 0
 
@@ -340,3 +348,42 @@ def test_output_into_closed_pipe(ini, settings, engine):
         reader.wait()
         assert "Traceback" not in writer.stderr
         assert "BrokenPipeError" not in writer.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "start"])
+def test_command_right_after_kill_9(ini, settings, command):
+    """A runner whose main thread has ended while another thread still holds the lock.
+
+    That is how a killed runner looks for a moment. status must not count it as running,
+    and start must wait for it instead of reporting it as already running.
+    """
+    holder = subprocess.Popen([sys.executable, "-c", LINGERING_HOLDER, settings.pidfile, "3"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        wait_for(lambda: not pid_alive(holder.pid), timeout=10, interval=0.02)
+
+        result = run(RUNNER, command, "--config", ini)
+
+        if command == "status":
+            assert result.returncode == 3, result.stdout
+            assert f"stale pidfile of pid {holder.pid}" in result.stdout
+        else:
+            assert result.returncode == 0, result.stderr
+            assert "started with pid" in result.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+        run(RUNNER, "--config", ini, "stop")
+
+
+# Takes the pidfile's lock, keeps a second thread alive for argv[2] seconds, and ends its
+# main thread at once: the main thread is a zombie while the lock is still held.
+LINGERING_HOLDER = """
+import ctypes, os, sys, threading, time
+from georeference.daemon.pidfile import PidFile
+PidFile(sys.argv[1]).acquire()
+threading.Thread(target=lambda: (time.sleep(float(sys.argv[2])), os._exit(0))).start()
+print("locked", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
