@@ -8,11 +8,37 @@ import logging.config
 import logging.handlers
 import os
 import sys
+from typing import Any, Callable
 
 from georeference.errors import ConfigurationError
+from georeference.jobs.context import CURRENT_JOB, job_prefix
 from georeference.settings import Settings
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _prefix_job_lines(make_record: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """Wrap a log record factory so that lines written while a job runs carry its prefix.
+
+    The job loop's own lines already start with ``job=``, and are left as they are.
+    """
+    def make_job_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        current = CURRENT_JOB.get()
+        if current is not None and not str(record.msg).startswith("job="):
+            record.msg = f"{job_prefix(*current)}{record.msg}"
+            record.job_id, record.map_id = current
+        return record
+
+    make_job_record.prefixes_job_lines = True  # type: ignore[attr-defined]
+    return make_job_record
+
+
+def install_job_prefix() -> None:
+    """Make every log line written during a job start with ``job=<id> map=<id>``."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "prefixes_job_lines", False):
+        logging.setLogRecordFactory(_prefix_job_lines(factory))
 
 
 class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
@@ -55,3 +81,4 @@ def configure_logging(settings: Settings, console: bool = False) -> None:
                 handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
                 target.addHandler(handler)
     logging.captureWarnings(True)
+    install_job_prefix()

@@ -35,7 +35,7 @@ from georeference.errors import (GeoreferenceError, JobInputError, ProcessingErr
                                  StorageError)
 from georeference.geo.tiles import make_encoder_pool
 from georeference.jobs import get_handler
-from georeference.jobs.context import JobContext, JobLogger, parse_description
+from georeference.jobs.context import CURRENT_JOB, JobContext, JobLogger, parse_description
 from georeference.models import Job
 from georeference.publish.products import StagedProducts
 from georeference.settings import Settings
@@ -332,9 +332,11 @@ class JobLoop:
         started = time.monotonic()
         self.current_job = claimed.id
         lease = self._lease_for(claimed.id)
+        job_token = CURRENT_JOB.set((claimed.id, claimed.raw_map_id or None))
         try:
             outcome, message, following = self._run_handler(claimed, job_logger, started, lease)
         finally:
+            CURRENT_JOB.reset(job_token)
             if self._leases is not None:
                 self._leases.finished(lease)
             else:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -14,6 +15,16 @@ from sqlalchemy.orm import Session
 from georeference.errors import JobInputError
 from georeference.publish.products import StagedProducts
 from georeference.settings import Settings
+
+
+CURRENT_JOB: ContextVar[tuple[int, int | None] | None] = ContextVar("current_job", default=None)
+"""(job id, map id) of the job running in this thread, set by the job loop. Log lines of
+library modules (tiles, mapfile, search) written meanwhile get the job's prefix as well."""
+
+
+def job_prefix(job_id: int, map_id: int | None) -> str:
+    """Return the ``job=<id> map=<id>`` prefix of a job's log lines."""
+    return f"job={job_id} map={map_id if map_id is not None else '-'} "
 
 
 class JobLogger(logging.LoggerAdapter):
@@ -26,7 +37,7 @@ class JobLogger(logging.LoggerAdapter):
         extra.setdefault("job_id", job_id)
         extra.setdefault("map_id", map_id)
         kwargs["extra"] = extra
-        return f"job={job_id} map={map_id if map_id is not None else '-'} {msg}", kwargs
+        return f"{job_prefix(job_id, map_id)}{msg}", kwargs
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -138,7 +139,9 @@ def stage_image_and_tiles(ctx: JobContext,
     """
     cancelled = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"geo-image-{ctx.job_id}") as pool:
-        image_future = pool.submit(stage_geo_image, ctx, prepared, cancelled)
+        # In the job's context, so that the thread's log lines carry the job's prefix.
+        image_future = pool.submit(contextvars.copy_context().run, stage_geo_image, ctx,
+                                   prepared, cancelled)
         try:
             publish.stage_tiles(ctx, prepared.raw_map, prepared.spec, prepared.clip_wkt,
                                 prepared.gcp_vrt)

@@ -137,6 +137,11 @@ def test_daemon_lifecycle(ini, settings, engine):
     job_id = queue_process_job(engine, settings)
     wait_for(lambda: job_state(engine, job_id) == "completed")
     assert os.path.isfile(os.path.join(settings.georef_root, "m", "synthetic.tif"))
+    # Lines of library modules written during the job carry its prefix too.
+    with open(os.path.join(os.path.dirname(ini), "log", "runner.log"), encoding="utf-8") as log:
+        text = log.read()
+    assert f"georeference.geo.tiles job={job_id} map=10 Building tiles of" in text
+    assert f"georeference.geo.tiles job={job_id} map=10 Wrote " in text
 
     stopped = run(RUNNER, "--config", ini, "stop")
     assert stopped.returncode == 0, stopped.stderr
