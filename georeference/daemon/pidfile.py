@@ -12,7 +12,7 @@ import os
 import time
 
 EXIT_GRACE_SECONDS = 5.0
-"""Longest wait for a killed runner's threads to exit and release the pidfile's lock."""
+"""Maximum wait for a killed runner's threads to exit and release the pidfile's lock."""
 
 
 class AlreadyRunningError(Exception):

@@ -293,7 +293,7 @@ def test_second_runner_on_sqlite_rejected(ini, settings, engine, tmp_path):
         assert second.returncode == 2
         assert "SQLite supports one runner at a time" in second.stderr
 
-        # In the background too: start says so itself, rather than a daemon dying after it.
+        # In the background too: start prints the error itself, rather than a daemon dying after it.
         background = run(RUNNER, "start", "--config", other_ini)
         assert background.returncode == 2, background.stdout
         assert "SQLite supports one runner at a time" in background.stderr
