@@ -81,8 +81,12 @@ def make_ini(workdir: str, settings, index: int) -> str:
     return path
 
 
-def queue_jobs(engine, settings, maps: int, jobs: int, rng: random.Random) -> dict[int, list[int]]:
-    """Create the maps and their transformations, queue the jobs; return transformations."""
+def queue_jobs(engine, settings, maps: int, jobs: int, rng: random.Random,
+               initialize_every: int = 0) -> dict[int, list[int]]:
+    """Create the maps and their transformations, queue the jobs; return transformations.
+
+    With ``initialize_every``, an ``initialize_data`` job follows every that many jobs.
+    """
     transformations: dict[int, list[int]] = {}
     with Session(engine) as session:
         for map_id in range(1, maps + 1):
@@ -99,7 +103,7 @@ def queue_jobs(engine, settings, maps: int, jobs: int, rng: random.Random) -> di
             transformations[map_id] = [row.id for row in rows]
         session.commit()
     with Session(engine) as session:
-        for _ in range(jobs):
+        for number in range(1, jobs + 1):
             map_id = rng.randint(1, maps)
             transformation_id = rng.choice(transformations[map_id])
             kind = rng.random()
@@ -114,6 +118,9 @@ def queue_jobs(engine, settings, maps: int, jobs: int, rng: random.Random) -> di
                     "transformation_id": transformation_id, "comment": "soak"}
             session.add(Job(type=job_type, description=json.dumps(description), user_id="soak"))
             session.commit()
+            if initialize_every and number % initialize_every == 0:
+                session.add(Job(type="initialize_data", description="{}", user_id="soak"))
+                session.commit()
     return transformations
 
 
@@ -200,6 +207,8 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=2.0,
                         help="mean seconds between kills (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--initialize-every", type=int, default=0,
+                        help="queue an initialize_data job after every N jobs (default: none)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -211,7 +220,8 @@ def main() -> int:
     processes: list[subprocess.Popen | None] = [None] * RUNNERS
     kills: dict[int, float] = {}
     try:
-        transformations = queue_jobs(engine, settings, args.maps, args.jobs, rng)
+        transformations = queue_jobs(engine, settings, args.maps, args.jobs, rng,
+                                     args.initialize_every)
         began = time.monotonic()
         for index in range(RUNNERS):
             processes[index] = subprocess.Popen([RUNNER, "--config", inis[index], "run"],
@@ -279,6 +289,11 @@ def main() -> int:
                     order_errors.append(f"map {map_id}: jobs {a.job_id} and {b.job_id} overlap")
                 if b.job_id < a.job_id:
                     order_errors.append(f"map {map_id}: job {b.job_id} ran after {a.job_id}")
+        # initialize_data runs alone: no run of another job may overlap one of its runs.
+        initialize_ids = {job.id for job in jobs if job.type == "initialize_data"}
+        barrier_errors = [f"initialize_data job {a.job_id} overlaps job {b.job_id}"
+                          for a in runs if a.job_id in initialize_ids
+                          for b in runs if b.job_id != a.job_id and overlaps(a, b)]
         died = sum(1 for job in jobs if job.comment and "the runner died" in job.comment)
         product_problems = audit_products(engine, settings, transformations)
         leftover = os.listdir(settings.tmp_root) if os.path.isdir(settings.tmp_root) else []
@@ -296,12 +311,15 @@ def main() -> int:
         print(f"  duplicates: {len(double_end)} jobs finished twice, "
               f"{len(concurrent)} jobs ran twice at once")
         print(f"  per-map order violations: {len(order_errors)}")
+        print(f"  initialize_data jobs: {len(initialize_ids)}; runs overlapping one: "
+              f"{len(barrier_errors)}")
         print(f"  lost jobs (not final or history rows != 1): {len(lost)}")
         print(f"  maps whose products disagree with georef_maps: {len(product_problems)}")
         print(f"  scratch entries left: {len(leftover)}")
-        for line in (order_errors + product_problems)[:10]:
+        for line in (order_errors + barrier_errors + product_problems)[:10]:
             print(f"    {line}")
-        ok = not (lost or double_end or concurrent or order_errors or product_problems)
+        ok = not (lost or double_end or concurrent or order_errors or barrier_errors
+                  or product_problems)
         return 0 if ok else 1
     finally:
         for process in processes:
