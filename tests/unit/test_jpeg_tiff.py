@@ -230,3 +230,21 @@ def test_scan_above_pillow_pixel_limit(tmp_path: Path) -> None:
     strip = np.asarray(reader.read(0, 512))
     assert strip.shape == (64, 1750)
     assert np.unique(strip).tolist() == [77]
+
+
+def test_damaged_strip_reported_by_gdal(tmp_path: Path) -> None:
+    """Should let GDAL decode a strip that Pillow cannot, so the error is GDAL's own."""
+    from georeference.geo.jpeg_tiff import _first_directory_tags
+
+    path = write_tiff(tmp_path / "scan.tif", smooth_pixels(3), ["COMPRESS=JPEG", "BLOCKYSIZE=16"])
+    tags = _first_directory_tags(path)
+    assert tags is not None
+    offset, size = tags[273][10], tags[279][10]
+    with open(path, "r+b") as file:
+        # An end-of-image marker 40 bytes into strip 10, and nothing after it.
+        file.seek(offset + 40)
+        file.write(b"\xff\xd9" + b"\x00" * (size - 42))
+
+    reduced = ReducedScan(lambda: gdal.Open(path), 2, str(tmp_path))
+    with pytest.raises(RuntimeError, match="TIFFReadEncodedStrip"):
+        reduced.wait_for_rows(reduced.dataset.RasterYSize)
