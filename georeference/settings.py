@@ -218,8 +218,11 @@ def load_settings(ini_path: str) -> Settings:
         raise ConfigurationError(f"configuration file not found: {path}")
     try:
         settings = loadapp(f"config:{path}")
-    except ConfigurationError:
-        raise
+    except ConfigurationError as exc:
+        message = str(exc)
+        if path in message:
+            raise
+        raise ConfigurationError(f"{path}: {message}") from None
     except (configparser.Error, LookupError, ValueError, ImportError) as exc:
         reason = " ".join(str(exc).split())
         raise ConfigurationError(f"cannot read configuration file {path}: {reason}") from exc

@@ -280,6 +280,8 @@ def test_bad_configuration_message(tmp_path, db_url, content, expected):
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+        if "invalid value" in expected or "unknown key" in expected:
+            assert str(path) in result.stderr  # the operator sees which file to edit
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
