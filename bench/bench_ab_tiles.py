@@ -3,7 +3,7 @@
 A change to the tiler is measured against the code before it in one run, because this
 machine drifts by ±10 % from minute to minute. Each run is a fresh child process that
 imports the ``georeference`` package of one checkout and times ``tile_scan_directly`` from
-that checkout's ``bench/bench_pipeline.py`` (sample scan, zoom 0-15, 2 encoder threads),
+that checkout's ``bench/bench_pipeline.py`` (sample scan, zoom 0-15 unless told, 2 encoder threads),
 as the pipeline benchmark's tile-only path does. It prints the median wall and CPU seconds
 of each checkout and the ratio of the medians.
 
@@ -25,7 +25,7 @@ import tempfile
 
 CHILD = r"""
 import json, os, resource, sys, time
-tree, output = sys.argv[1], sys.argv[2]
+tree, output, max_zoom = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys.path.insert(0, os.path.join(tree, "bench"))
 import bench_pipeline
 import georeference
@@ -34,7 +34,7 @@ if not os.path.abspath(georeference.__file__).startswith(tree + os.sep):
 before = resource.getrusage(resource.RUSAGE_SELF)
 started = time.perf_counter()
 bench_pipeline.tile_scan_directly(bench_pipeline.SAMPLE_SCAN, bench_pipeline.SAMPLE_GCPS,
-                                  "EPSG:4314", os.path.join(output, "tiles"), 0, 15)
+                                  "EPSG:4314", os.path.join(output, "tiles"), 0, max_zoom)
 wall = time.perf_counter() - started
 after = resource.getrusage(resource.RUSAGE_SELF)
 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -42,12 +42,12 @@ print(json.dumps({"wall": wall, "cpu": cpu}))
 """
 
 
-def run_once(tree: str, scratch: str) -> dict[str, float]:
+def run_once(tree: str, scratch: str, max_zoom: int) -> dict[str, float]:
     """Build the tiles once with ``tree``'s code in a child process; return wall and CPU seconds."""
     output = os.path.join(scratch, "run")
     shutil.rmtree(output, ignore_errors=True)
     os.makedirs(output)
-    result = subprocess.run([sys.executable, "-c", CHILD, tree, output], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", CHILD, tree, output, str(max_zoom)], capture_output=True,
                             text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"tile build with {tree} failed:\n{result.stderr[-2000:]}")
@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("before", help="checkout with the code before the change")
     parser.add_argument("after", help="checkout with the change")
     parser.add_argument("--repeat", type=int, default=7, help="runs of each checkout (default 7)")
+    parser.add_argument("--max-zoom", type=int, default=15, help="highest zoom (default 15; 16 is the native zoom)")
     args = parser.parse_args()
     trees = [os.path.realpath(args.before), os.path.realpath(args.after)]
     for tree in trees:
@@ -69,7 +70,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as scratch:
         for _ in range(args.repeat):
             for tree in trees:
-                runs[tree].append(run_once(tree, scratch))
+                runs[tree].append(run_once(tree, scratch, args.max_zoom))
 
     medians = {}
     for label, tree in zip(("before", "after"), trees):
