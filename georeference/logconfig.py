@@ -26,8 +26,8 @@ def _prefix_job_lines(make_record: Callable[..., logging.LogRecord]) -> Callable
         record = make_record(*args, **kwargs)
         current = CURRENT_JOB.get()
         if current is not None and not str(record.msg).startswith("job="):
-            record.msg = f"{job_prefix(*current)}{record.msg}"
-            record.job_id, record.map_id = current
+            # Only the text: ids set as attributes here would clash with a caller's ``extra``.
+            record.msg = f"{job_prefix(current.get('job_id'), current.get('map_id'))}{record.msg}"
         return record
 
     make_job_record.prefixes_job_lines = True  # type: ignore[attr-defined]

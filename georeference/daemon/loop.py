@@ -332,7 +332,7 @@ class JobLoop:
         started = time.monotonic()
         self.current_job = claimed.id
         lease = self._lease_for(claimed.id)
-        job_token = CURRENT_JOB.set((claimed.id, claimed.raw_map_id or None))
+        job_token = CURRENT_JOB.set(job_logger.extra)
         try:
             outcome, message, following = self._run_handler(claimed, job_logger, started, lease)
         finally:

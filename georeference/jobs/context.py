@@ -17,9 +17,10 @@ from georeference.publish.products import StagedProducts
 from georeference.settings import Settings
 
 
-CURRENT_JOB: ContextVar[tuple[int, int | None] | None] = ContextVar("current_job", default=None)
-"""(job id, map id) of the job running in this thread, set by the job loop. Log lines of
-library modules (tiles, mapfile, search) written meanwhile get the job's prefix as well."""
+CURRENT_JOB: ContextVar[dict[str, Any] | None] = ContextVar("current_job", default=None)
+"""The ``extra`` mapping (job id, map id) of the job logger of the job running in this
+thread, set by the job loop. Log lines of library modules (tiles, mapfile, search) written
+meanwhile get the job's prefix as well, with the map the job works on at that moment."""
 
 
 def job_prefix(job_id: int, map_id: int | None) -> str:

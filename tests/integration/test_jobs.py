@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 
@@ -264,7 +265,19 @@ def test_set_invalid_unused_keeps_products(settings, engine, session_factory):
     assert _digest(_products(settings)["image"]) == digest
 
 
-def test_initialize_data_makes_missing_products(settings, engine, session_factory):
+def test_initialize_data_makes_missing_products(settings, engine, session_factory, caplog):
+    from georeference.logconfig import install_job_prefix
+
+    previous_factory = logging.getLogRecordFactory()
+    install_job_prefix()
+    caplog.set_level(logging.INFO, logger="georeference")
+    try:
+        _initialize_missing_products(settings, engine, session_factory, caplog)
+    finally:
+        logging.setLogRecordFactory(previous_factory)
+
+
+def _initialize_missing_products(settings, engine, session_factory, caplog):
     with session_factory() as session:
         add_map(session, settings)
         transformation_id = add_transformation(session, 10, synthetic_params())
@@ -276,11 +289,17 @@ def test_initialize_data_makes_missing_products(settings, engine, session_factor
         os.unlink(products["mapfile"])
 
         job_id = add_job(session, "initialize_data", {})
+        caplog.clear()
         run_jobs(settings, engine)
         job = job_row(session, job_id)
         assert job.state == "completed", job.comment
         assert "rebuilt 1 search documents" in job.comment
 
+    # The tile module's lines carry the job and the map initialize_data was working on.
+    tile_lines = [record.getMessage() for record in caplog.records
+                  if record.name == "georeference.geo.tiles"]
+    assert tile_lines
+    assert all(line.startswith(f"job={job_id} map=10 ") for line in tile_lines)
     assert os.stat(products["image"]).st_mtime_ns == image_mtime
     assert os.path.isfile(os.path.join(products["tiles"], "tilemapresource.xml"))
     assert os.path.isfile(products["mapfile"])
