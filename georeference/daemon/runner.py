@@ -107,7 +107,7 @@ def serve(settings: Settings, once: bool = False) -> int:
         loop = JobLoop(settings, engine, _open_search_index(settings))
         loop.install_signal_handlers()
         if settings.initialize_on_start and not once:
-            _queue_initialize(engine)
+            queue_initialize(engine)
         if once:
             loop.store.register()
             loop._recover_on_sqlite()
@@ -128,14 +128,27 @@ def serve(settings: Settings, once: bool = False) -> int:
         engine.dispose()
 
 
-def _queue_initialize(engine) -> None:
+def queue_initialize(engine) -> bool:
+    """Queue an ``initialize_data`` job unless one is already waiting; return True if queued.
+
+    Each such job runs alone, so a second one waiting behind the first (after restarts, or
+    several runners starting) would only repeat its work.
+    """
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
 
     from georeference.models import Job
 
     with Session(engine) as session, session.begin():
+        waiting = session.scalar(
+            select(Job.id).where(Job.type == "initialize_data", Job.state == "not_started")
+            .limit(1))
+        if waiting is not None:
+            logger.info("initialize_data job %d is already waiting; none queued at start-up", waiting)
+            return False
         session.add(Job(type="initialize_data", description="{}", user_id="georeference-runner",
                         comment="queued at runner start-up"))
+    return True
 
 
 def command_run(settings: Settings, once: bool) -> int:

@@ -522,3 +522,21 @@ def test_initialize_data_waits_for_job_due_later(settings, engine, session_facto
     with session_factory() as session:
         assert job_row(session, initialize).state == "not_started"
         assert job_row(session, older).state == "not_started"
+
+
+def test_start_up_queues_one_initialize_data(settings, engine, session_factory):
+    """A restart does not queue a second initialize_data while one is still waiting."""
+    from georeference.daemon.runner import queue_initialize
+
+    assert queue_initialize(engine) is True
+    assert queue_initialize(engine) is False
+    with session_factory() as session:
+        waiting = session.scalars(select(Job).where(Job.type == "initialize_data")).all()
+        assert [job.state for job in waiting] == ["not_started"]
+
+    run_jobs(settings, engine)
+    assert queue_initialize(engine) is True
+    with session_factory() as session:
+        states = sorted(job.state for job in session.scalars(
+            select(Job).where(Job.type == "initialize_data")))
+        assert states == ["completed", "not_started"]
