@@ -129,7 +129,7 @@ def serve(settings: Settings, once: bool = False) -> int:
 
 
 def queue_initialize(engine) -> bool:
-    """Queue an ``initialize_data`` job unless one is already waiting; return True if queued.
+    """Queue an ``initialize_data`` job unless one is already waiting, and return True if queued.
 
     Each such job runs alone, so a second one waiting behind the first (after restarts, or
     several runners starting) would only repeat its work.
@@ -144,7 +144,8 @@ def queue_initialize(engine) -> bool:
             select(Job.id).where(Job.type == "initialize_data", Job.state == "not_started")
             .limit(1))
         if waiting is not None:
-            logger.info("initialize_data job %d is already waiting; none queued at start-up", waiting)
+            logger.info("initialize_data job %d is already waiting, so none is queued at start-up",
+                        waiting)
             return False
         session.add(Job(type="initialize_data", description="{}", user_id="georeference-runner",
                         comment="queued at runner start-up"))
@@ -199,7 +200,7 @@ def command_start(settings: Settings) -> int:
     engine.dispose()
     if sqlite:
         # The daemon would take this lock only after detaching, and end with the reason
-        # in its log alone: check it here, where the operator sees the message.
+        # in its log alone. So it is checked here, where the operator sees the message.
         lock = SingleRunnerLock(settings)
         lock.acquire()
         lock.release()
