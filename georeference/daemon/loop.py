@@ -463,12 +463,38 @@ class JobLoop:
         ctx.products.install()
         try:
             ctx.session.commit()
+        except Exception as exc:
+            self._check_commit_went_through(ctx, claimed, exc)
         except BaseException:
             ctx.products.restore()
             raise
         self._hand_over(following)
         self._after_commit(ctx)
         return following
+
+    def _check_commit_went_through(self, ctx: JobContext, claimed: ClaimedJob,
+                                   exc: Exception) -> None:
+        """Return when a commit that raised ``exc`` went through after all, else raise it.
+
+        A commit whose reply was lost has still been made. Restoring the old products then
+        would leave them under a job the database has as completed, for good.
+        """
+        committed = self.store.finished_by_me(claimed.id)
+        if committed is False:
+            ctx.products.restore()
+            raise exc
+        if committed is None:
+            # The new products stay. They are right if the commit went through. If it did
+            # not, the job is claimed again when its lease runs out and installs them anew.
+            ctx.logger.warning(
+                "commit failed (%s), and whether it went through cannot be read yet: "
+                "the new products stay in place", _first_line(exc),
+                extra={"action": "commit_unknown"})
+            ctx.products.finish()
+            raise exc
+        ctx.logger.warning("commit reported %s, but the database has the job as completed: only "
+                           "its acknowledgement was lost", _first_line(exc),
+                           extra={"action": "commit_acknowledgement_lost"})
 
     def _after_commit(self, ctx: JobContext) -> None:
         """Clean up after a job's commit.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (Connection, Engine, Row, TextClause, bindparam, delete, func, select,
                         text, update)
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from georeference.database import is_postgresql
@@ -333,6 +334,21 @@ class JobStore:
         session.execute(self._history_statement,
                         {column.name: row[column.name] for column in JobHistory.__table__.c})
         return True
+
+    def finished_by_me(self, job_id: int) -> bool | None:
+        """Return whether this runner's outcome of a job is committed, or None if unknown.
+
+        Asked after a commit raised: the server may have committed and only its reply been
+        lost. Unknown means the database could not be read on a new connection.
+        """
+        try:
+            with self.engine.connect() as connection:
+                row = connection.execute(
+                    select(Job.state, Job.claimed_by).where(Job.id == job_id)).first()
+        except SQLAlchemyError:
+            return None
+        return (row is not None and row.claimed_by == self.runner_id
+                and row.state in ("completed", "failed"))
 
     def fail_exhausted(self, max_attempts: int) -> list[int]:
         """Fail jobs whose runners died ``max_attempts`` times while running them."""

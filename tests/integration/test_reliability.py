@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 from osgeo import gdal
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from georeference.database import make_engine
@@ -29,7 +30,7 @@ from georeference.geo.tiles import TileBuildStopped, build_tile_pyramid
 from georeference.models import GeorefMap, Job, JobHistory
 from georeference.publish import paths
 from tests.factories import (SYNTHETIC_CORNERS, SYNTHETIC_HEIGHT, SYNTHETIC_WIDTH, add_job,
-                             add_map, add_transformation, synthetic_params)
+                             add_map, add_transformation, run_jobs, synthetic_params)
 from tests.integration.test_runner import (RUNNER, pid_alive, run, wait_for, write_ini,
                                            write_large_scan)
 
@@ -494,3 +495,72 @@ def test_runner_died_max_attempts_fails_job(settings, engine, tmp_path, runners)
     wait_for(lambda: scratch_entries(settings) == [])
     assert f"job={job_id} failed: its runner died 3 times" in read_log(ini)
     assert run(RUNNER, "--config", ini, "stop").returncode == 0
+
+
+# -- a commit whose reply, or the COMMIT itself, is lost -------------------------------------
+
+@POSTGRESQL_ONLY
+@pytest.mark.parametrize("lost", ["reply", "commit", "reply and database"])
+def test_commit_cut_off_keeps_products_consistent(settings, engine, pg_cluster, lost):
+    """The connection breaks at a job's COMMIT: the products must match what the database has.
+
+    If the server committed and only its reply was lost, the new products stay. Restoring
+    the old ones, as after a failed commit, would leave them under a georef_maps row that
+    the database has already switched. If the COMMIT never arrived, the old ones come back
+    and the job is given back to the queue.
+    """
+    from georeference.daemon.loop import JobLoop
+    from georeference.publish.search import open_index
+    from tests.commit_reply_dropper import CommitReplyDropper
+
+    with Session(engine) as session:
+        add_map(session, settings)
+        first = add_transformation(session, 10, synthetic_params(corners=corners()))
+    queue(engine, "transformation_process", transformation_id=first)
+    assert run_jobs(settings, engine).failed == []
+    with Session(engine) as session:
+        second = add_transformation(session, 10, synthetic_params(corners=corners(0.02)))
+    job_id = queue(engine, "transformation_process", transformation_id=second)
+
+    dropper = CommitReplyDropper(pg_cluster.port)
+
+    class CutAtCommit(JobLoop):
+        def _commit(self, ctx, claimed):
+            dropper.arm(deliver_commit=lost != "commit", then_refuse=lost == "reply and database")
+            return super()._commit(ctx, claimed)
+
+    relayed = make_engine(engine.url.set(port=dropper.port))
+    loop = CutAtCommit(settings, relayed, open_index(settings))
+    try:
+        if lost == "reply and database":
+            # The pass ends at its next claim, which finds no database. The daemon's loop
+            # logs that and polls again.
+            with pytest.raises(OperationalError):
+                loop.run_pending()
+        else:
+            summary = loop.run_pending()
+    finally:
+        loop.close()
+        relayed.dispose()
+        dropper.close()
+
+    assert dropper.dropped == 1
+    if lost == "reply and database":
+        # The runner cannot find out whether the commit went through, so the new products
+        # stay. They are right, as it did. Had it not, the job would run again.
+        assert job(engine, job_id).state == "completed"
+        assert georef_transformation(engine) == second
+        assert_products_from(settings, corners(0.02))
+    elif lost == "reply":
+        assert summary.completed == [job_id]
+        assert job(engine, job_id).state == "completed"
+        assert [row.state for row in history(engine, job_id)] == ["completed"]
+        assert georef_transformation(engine) == second
+        assert_products_from(settings, corners(0.02))
+    else:
+        assert summary.released == [job_id]
+        assert job(engine, job_id).state == "not_started"
+        assert history(engine, job_id) == []
+        assert georef_transformation(engine) == first
+        assert_products_from(settings, corners())
+    assert scratch_entries(settings) == []
