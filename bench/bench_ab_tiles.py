@@ -3,7 +3,7 @@
 A change to the tiler is measured against the code before it in one run, because this
 machine drifts by ±10 % from minute to minute. Each run is a fresh child process that
 imports the ``georeference`` package of one checkout and times ``tile_scan_directly`` from
-that checkout's ``bench/bench_pipeline.py`` (sample scan, zoom 0-15 unless told, 2 encoder threads),
+that checkout's ``bench/bench_pipeline.py`` (sample scan, zoom 0-15 by default, 2 encoder threads),
 as the pipeline benchmark's tile-only path does. It prints the median wall and CPU seconds
 of each checkout and the ratio of the medians.
 

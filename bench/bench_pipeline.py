@@ -523,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     callables = {"job": args.job_callable, "tiles": args.tiles_callable}
     old_dir: Path | None = None
     capture_request = (scan, gcps, str(work_dir / "captured"), args.min_zoom, max_zoom)
-    # The tiler's own RGBA tiles, captured once; the bound is then timed in every repetition
+    # The tiler's own RGBA tiles, captured once. The bound is then timed in every repetition
     # right after the tile-only run, so that both see the machine in the same state.
     arrays = capture_tile_arrays(*capture_request) if "tiles" in paths else []
     lower_bounds: list[float] = []

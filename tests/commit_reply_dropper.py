@@ -28,22 +28,22 @@ class CommitReplyDropper:
         self.port = self._listener.getsockname()[1]
         self._armed = threading.Event()
         self._deliver_commit = True
-        self._then_refuse = False
+        self._then_close_all = False
         self.dropped = 0
         self._closed = False
         self._connections: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self, deliver_commit: bool = True, then_refuse: bool = False) -> None:
+    def arm(self, deliver_commit: bool = True, then_close_all: bool = False) -> None:
         """Cut the connection of the next COMMIT, on whichever connection it comes.
 
         With ``deliver_commit`` the server gets the COMMIT and only its reply is lost.
-        Without it, the COMMIT never reaches the server. With ``then_refuse`` the relay also
+        Without it, the COMMIT never reaches the server. With ``then_close_all`` the relay also
         closes every other connection and takes no new ones, as a database that became
         unreachable.
         """
         self._deliver_commit = deliver_commit
-        self._then_refuse = then_refuse
+        self._then_close_all = then_close_all
         self._armed.set()
 
     def close(self) -> None:
@@ -77,7 +77,7 @@ class CommitReplyDropper:
                 self._armed.clear()
                 cut.set()  # no reply of the server reaches the client from now on
                 self.dropped += 1
-                if self._then_refuse:
+                if self._then_close_all:
                     # Before the client can notice anything, so that it finds no way back in.
                     self.close()
                     self._close(*[sock for sock in self._connections

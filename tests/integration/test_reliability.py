@@ -526,7 +526,7 @@ def test_commit_cut_off_keeps_products_consistent(settings, engine, pg_cluster, 
 
     class CutAtCommit(JobLoop):
         def _commit(self, ctx, claimed):
-            dropper.arm(deliver_commit=lost != "commit", then_refuse=lost == "reply and database")
+            dropper.arm(deliver_commit=lost != "commit", then_close_all=lost == "reply and database")
             return super()._commit(ctx, claimed)
 
     relayed = make_engine(engine.url.set(port=dropper.port))
