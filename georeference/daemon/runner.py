@@ -22,7 +22,8 @@ if __package__ in (None, ""):
 
 from georeference.cli.options import add_config_option
 from georeference.cli.output import discard_stdout
-from georeference.daemon.pidfile import AlreadyRunningError, PidFile, holds_lock, read_pid
+from georeference.daemon.pidfile import (AlreadyRunningError, PidFile, holds_lock, is_locked,
+                                         read_pid)
 from georeference.errors import ConfigurationError, StorageError
 from georeference.settings import Settings, load_settings
 
@@ -222,7 +223,7 @@ def command_start(settings: Settings) -> int:
 
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if holds_lock(settings.pidfile, grace=0.0) and read_pid(settings.pidfile):
+        if is_locked(settings.pidfile) and read_pid(settings.pidfile):
             print(f"georeference-runner: started with pid {read_pid(settings.pidfile)}")
             return EXIT_OK
         time.sleep(0.1)
@@ -240,7 +241,7 @@ def command_stop(settings: Settings, timeout: float) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not holds_lock(settings.pidfile, grace=0.0):
+        if not is_locked(settings.pidfile):
             print(f"georeference-runner: stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.2)

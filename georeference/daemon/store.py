@@ -186,6 +186,8 @@ class JobStore:
         for number, name in enumerate(_CLAIM_PARAMETERS, start=1):
             numbered = numbered.replace(f":{name}", f"${number}")
         self._prepare_claim = f"PREPARE {_PREPARED_CLAIM} AS {numbered}"
+        placeholders = ", ".join(f"%({name})s" for name in _CLAIM_PARAMETERS)
+        self._execute_claim_sql = f"EXECUTE {_PREPARED_CLAIM}({placeholders})"
         self._history_statement = _history_upsert(engine)
         self._finish_statement = _finish_with_history(engine) if self.postgresql else None
 
@@ -244,9 +246,7 @@ class JobStore:
         if not connection_info.get(_PREPARED_CLAIM):
             connection.exec_driver_sql(self._prepare_claim)
             connection_info[_PREPARED_CLAIM] = True
-        placeholders = ", ".join(f"%({name})s" for name in _CLAIM_PARAMETERS)
-        return connection.exec_driver_sql(
-            f"EXECUTE {_PREPARED_CLAIM}({placeholders})", parameters).first()
+        return connection.exec_driver_sql(self._execute_claim_sql, parameters).first()
 
     def unclaim(self, job_id: int) -> bool:
         """Return a job this runner claimed but did not start to the queue, its attempt undone.

@@ -152,12 +152,13 @@ class ScaledJpegTiff:
         """Return True when the first block decoded at full size matches GDAL's pixels."""
         width = min(self._block_width, self._width)
         height = min(self._block_height, self._height)
+        # A damaged first block leaves the scan to GDAL, which then reports the damage itself.
         try:
             with open(self._path, "rb") as file, self._open_block(file, 0) as decoded:
                 ours = np.asarray(decoded.crop((0, 0, width, height)), dtype=np.int16)
-        except (OSError, ValueError, SyntaxError):
+            theirs = dataset.ReadAsArray(0, 0, width, height, interleave="pixel").astype(np.int16)
+        except (OSError, ValueError, SyntaxError, RuntimeError):
             return False
-        theirs = dataset.ReadAsArray(0, 0, width, height, interleave="pixel").astype(np.int16)
         if ours.shape != theirs.shape:
             return False
         difference = float(np.abs(ours - theirs).mean())
